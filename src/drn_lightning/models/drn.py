@@ -1,0 +1,176 @@
+"""DRN: the primal network P (LR -> HR) and the dual regressors D_i (HR -> LR), as in Guo et al., CVPR 2020.
+
+Module names and nesting mirror the authors' code exactly, so their released state_dicts load unchanged
+(`head.weight`, `down.0.dual_module.0.0.weight`, `up_blocks.0.3.body.3.conv_du.0.weight`, `tail.2.weight`, ...).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SUPPORTED_SCALES = (2, 4, 8)
+MIN_FEATS = 4
+# Per-channel RGB mean of DIV2K used by the authors' mean-shift convs (in units of the 0-255 range / 255).
+RGB_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+def check_scale(scale: int) -> int:
+    """Fail early with the allowed values: DRN needs a power-of-two scale with one dual per x2 step."""
+    if scale not in SUPPORTED_SCALES:
+        raise ValueError(f"scale={scale!r} is not supported; DRN allows scale in {list(SUPPORTED_SCALES)}")
+    return int(scale)
+
+
+def num_stages(scale: int) -> int:
+    """Number of x2 steps (down blocks, up stages and dual regressors) for a scale."""
+    return int(math.log2(check_scale(scale)))
+
+
+def conv3x3(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
+    """Same-size 3x3 convolution, the authors' `default_conv`."""
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
+
+
+class MeanShift(nn.Conv2d):
+    """1x1 conv that subtracts (sign=-1) or adds back (sign=+1) the dataset mean; trainable as in the authors' code."""
+
+    def __init__(self, rgb_range: float = 255.0, sign: int = -1) -> None:
+        super().__init__(3, 3, kernel_size=1)
+        with torch.no_grad():
+            self.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+            self.bias.copy_(sign * rgb_range * torch.tensor(RGB_MEAN))
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation gate of RCAN; the attribute name `conv_du` matches the authors' weights."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.conv_du = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.conv_du(x.mean(dim=(2, 3), keepdim=True))
+
+
+class RCAB(nn.Module):
+    """Residual channel-attention block: conv-ReLU-conv-CA plus identity."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            conv3x3(channels, channels),
+            nn.ReLU(inplace=True),
+            conv3x3(channels, channels),
+            ChannelAttention(channels, reduction),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        # The attention output is a fresh tensor, so adding in place saves one activation-sized buffer.
+        out = self.body(x)
+        out += x
+        return out
+
+
+class DownBlock(nn.Module):
+    """Stride-2 conv + LeakyReLU then a 3x3 conv (no biases): the primal's x1/2 step and the dual regressor."""
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self.dual_module = nn.Sequential(
+            nn.Sequential(
+                nn.Conv2d(in_channels, mid_channels, 3, stride=2, padding=1, bias=False),
+                nn.LeakyReLU(negative_slope, inplace=True),
+            ),
+            nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dual_module(x)
+
+
+class DualRegressor(DownBlock):
+    """D_i: maps an image at one level back to the level x2 coarser (54 * n_feats weights)."""
+
+    def __init__(self, n_feats: int, n_colors: int = 3, negative_slope: float = 0.2) -> None:
+        super().__init__(n_colors, n_feats, n_colors, negative_slope)
+
+
+class DRN(nn.Module):
+    """Primal network P: bicubic pre-upsampling, a U-Net of stride-2 down blocks and RCAB up stages.
+
+    `forward` takes a float batch in 0-255 and returns log2(scale)+1 images, coarse to fine
+    (x4: LR size, 2x, 4x), each in 0-255 (not clamped).
+    """
+
+    def __init__(
+        self,
+        scale: int = 4,
+        n_feats: int = 16,
+        n_blocks: int = 30,
+        n_colors: int = 3,
+        rgb_range: float = 255.0,
+        negative_slope: float = 0.2,
+        reduction: int = 16,
+    ) -> None:
+        super().__init__()
+        self.scale = check_scale(scale)
+        if n_feats < MIN_FEATS:
+            raise ValueError(f"n_feats={n_feats!r} is too small; DRN needs n_feats >= {MIN_FEATS}")
+        if n_blocks < 1:
+            raise ValueError(f"n_blocks={n_blocks!r} must be >= 1")
+        self.n_feats = n_feats
+        self.n_blocks = n_blocks
+        stages = num_stages(scale)
+        self.stages = stages
+        width = [n_feats * 2**p for p in range(stages + 1)]  # channels at each depth, shallow to deep
+
+        self.sub_mean = MeanShift(rgb_range, sign=-1)
+        self.head = conv3x3(n_colors, n_feats)
+        self.down = nn.ModuleList(
+            DownBlock(width[p], width[p], width[p + 1], negative_slope) for p in range(stages)
+        )
+
+        up_blocks = []
+        for idx in range(stages):
+            depth = stages - idx  # depth of the features entering this stage
+            # After the first stage the input is the concatenation of upsampled and skip features.
+            channels = width[depth] if idx == 0 else 2 * width[depth]
+            up_blocks.append(
+                nn.Sequential(
+                    *(RCAB(channels, reduction) for _ in range(n_blocks)),
+                    nn.Sequential(conv3x3(channels, 4 * channels), nn.PixelShuffle(2)),
+                    nn.Conv2d(channels, width[depth - 1], 1),
+                )
+            )
+        self.up_blocks = nn.ModuleList(up_blocks)
+        tail_channels = [width[stages]] + [2 * width[depth] for depth in range(stages - 1, -1, -1)]
+        self.tail = nn.ModuleList(conv3x3(c, n_colors) for c in tail_channels)
+        self.add_mean = MeanShift(rgb_range, sign=1)
+
+    def forward(self, lr: Tensor) -> list[Tensor]:
+        x = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        x = self.head(self.sub_mean(x))
+        skips = []
+        for down in self.down:
+            skips.append(x)
+            x = down(x)
+        outputs = [self.add_mean(self.tail[0](x))]
+        for idx, up in enumerate(self.up_blocks):
+            x = torch.cat((up(x), skips[-1 - idx]), dim=1)
+            outputs.append(self.add_mean(self.tail[idx + 1](x)))
+        return outputs
+
+
+def build_duals(scale: int, n_feats: int, n_colors: int = 3, negative_slope: float = 0.2) -> nn.ModuleList:
+    """One dual regressor per x2 step; D_i maps output i+1 (2^(i+1)x) back to level i."""
+    return nn.ModuleList(DualRegressor(n_feats, n_colors, negative_slope) for _ in range(num_stages(scale)))

@@ -1,0 +1,277 @@
+"""The authors' weight format (`DRNS4x.pt` + `DRNS4x_dual_model.pt`) and our Lightning checkpoints, read safely.
+
+Every file goes through `torch.load(..., weights_only=True)`, so a pickle that would run code is refused
+before anything in it executes. Variant and scale are inferred from tensor shapes, never from file names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from drn_lightning.models.drn import DRN, build_duals, check_scale
+
+# Paper sizes (n_feats, n_blocks) per (variant, scale); `drn_tiny` is our small CPU demo model.
+VARIANTS: dict[str, dict[int, tuple[int, int]]] = {
+    "drn_s": {4: (16, 30), 8: (8, 30)},
+    "drn_l": {4: (20, 40), 8: (10, 36)},
+    "drn_tiny": {2: (8, 4), 4: (8, 4), 8: (4, 4)},
+}
+PRIMAL_PREFIX = "primal."
+DUALS_PREFIX = "duals."
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be used; the message names the file and what was wrong."""
+
+
+def variant_size(variant: str, scale: int) -> tuple[int, int]:
+    """(n_feats, n_blocks) of a named variant at a scale."""
+    check_scale(scale)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} is unknown; choose one of {sorted(VARIANTS)}")
+    sizes = VARIANTS[variant]
+    if scale not in sizes:
+        raise ValueError(
+            f"variant={variant!r} is defined at scales {sorted(sizes)}, not scale={scale}; "
+            "build DRN(scale=..., n_feats=..., n_blocks=...) directly for other sizes"
+        )
+    return sizes[scale]
+
+
+def variant_name(scale: int, n_feats: int, n_blocks: int) -> str:
+    """Name of the paper variant with these sizes, or a descriptive `custom_...` name."""
+    for name, sizes in VARIANTS.items():
+        if sizes.get(scale) == (n_feats, n_blocks):
+            return name
+    return f"custom_f{n_feats}_b{n_blocks}"
+
+
+def build_drn(
+    variant: str = "drn_s",
+    scale: int = 4,
+    n_feats: int | None = None,
+    n_blocks: int | None = None,
+    dual: bool = True,
+) -> tuple[DRN, nn.ModuleList | None]:
+    """Primal and dual networks of a named variant; `n_feats`/`n_blocks` override the variant's sizes."""
+    default_feats, default_blocks = variant_size(variant, scale)
+    n_feats = default_feats if n_feats is None else int(n_feats)
+    n_blocks = default_blocks if n_blocks is None else int(n_blocks)
+    primal = DRN(scale=scale, n_feats=n_feats, n_blocks=n_blocks)
+    duals = build_duals(scale, n_feats) if dual else None
+    return primal, duals
+
+
+def _describe(info: Mapping[str, Any]) -> str:
+    return f"{info['variant']} x{info['scale']} (n_feats={info['n_feats']}, n_blocks={info['n_blocks']})"
+
+
+def safe_load(path: str | os.PathLike[str]) -> Any:
+    """`torch.load` restricted to tensors and plain containers, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: file is empty (0 bytes)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "Weights only load failed" in str(err) or "Unsupported global" in str(err):
+            reason = "refused: it contains pickled objects other than tensors (possibly code); nothing was executed"
+        else:
+            reason = f"not a readable PyTorch weights file ({type(err).__name__}: {text[:200]})"
+        raise CheckpointError(f"{path}: {reason}") from None
+
+
+def _check_state_dict(obj: Any, path: Path, what: str) -> dict[str, Tensor]:
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path}: expected a {what} (a dict of tensors), found {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: expected a {what} of tensors; non-tensor entries: {bad[:5]}")
+    return dict(obj)
+
+
+def infer_primal_config(state_dict: Mapping[str, Tensor], source: str = "state_dict") -> dict[str, Any]:
+    """Read scale, n_feats and n_blocks off the tensor shapes of a primal state_dict."""
+    head = state_dict.get("head.weight")
+    if head is None or head.ndim != 4:
+        raise CheckpointError(f"{source}: no 'head.weight' conv kernel; this is not a DRN primal state_dict")
+    n_feats = int(head.shape[0])
+    stages = len({k.split(".")[1] for k in state_dict if k.startswith("down.")})
+    scale = 2**stages
+    if scale not in (2, 4, 8):
+        raise CheckpointError(f"{source}: found {stages} down blocks (scale {scale}); DRN has 1, 2 or 3")
+    block_ids = {
+        int(m.group(1)) for k in state_dict if (m := re.match(r"up_blocks\.0\.(\d+)\.body\.", k)) is not None
+    }
+    n_blocks = len(block_ids)
+    if n_blocks == 0:
+        raise CheckpointError(f"{source}: no RCAB blocks under 'up_blocks.0'; this is not a DRN primal state_dict")
+    return {"scale": scale, "n_feats": n_feats, "n_blocks": n_blocks, "variant": variant_name(scale, n_feats, n_blocks)}
+
+
+def _load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str, info: Mapping[str, Any]) -> None:
+    """Strict load whose error lists a few missing/unexpected/mis-shaped keys instead of a wall of text."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong = [
+        f"{k}: expected {tuple(own[k].shape)}, found {tuple(state_dict[k].shape)}"
+        for k in own
+        if k in state_dict and own[k].shape != state_dict[k].shape
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
+            if items:
+                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{label}: {items[:5]}{more}")
+        raise CheckpointError(f"{source}: does not match {_describe(info)}; " + "; ".join(parts))
+    module.load_state_dict(state_dict, strict=True)
+
+
+def _check_expected(info: Mapping[str, Any], variant: str | None, scale: int | None, source: str) -> None:
+    if scale is not None and int(scale) != info["scale"]:
+        raise CheckpointError(f"{source}: expected scale x{scale}, found {_describe(info)}")
+    if variant is not None and variant != info["variant"]:
+        expected = variant if scale is None else f"{variant} x{scale}"
+        raise CheckpointError(f"{source}: expected {expected}, found {_describe(info)}")
+
+
+def primal_from_state_dict(
+    state_dict: Mapping[str, Tensor], source: str = "state_dict", variant: str | None = None, scale: int | None = None
+) -> tuple[DRN, dict[str, Any]]:
+    """Build the DRN that these weights describe and load them strictly."""
+    info = infer_primal_config(state_dict, source)
+    _check_expected(info, variant, scale, source)
+    primal = DRN(scale=info["scale"], n_feats=info["n_feats"], n_blocks=info["n_blocks"])
+    _load_strict(primal, state_dict, source, info)
+    return primal, info
+
+
+def duals_from_state_dicts(
+    dual_states: Any, source: str, info: Mapping[str, Any]
+) -> nn.ModuleList:
+    """Build and strictly load the dual regressors from the authors' list of state_dicts."""
+    if not isinstance(dual_states, (list, tuple)):
+        raise CheckpointError(f"{source}: expected a list of dual state_dicts, found {type(dual_states).__name__}")
+    duals = build_duals(info["scale"], info["n_feats"])
+    if len(dual_states) != len(duals):
+        raise CheckpointError(
+            f"{source}: expected {len(duals)} dual models for {_describe(info)}, found {len(dual_states)}"
+        )
+    for idx, (dual, state) in enumerate(zip(duals, dual_states)):
+        state = _check_state_dict(state, Path(source), f"dual state_dict #{idx}")
+        _load_strict(dual, state, f"{source} [dual {idx}]", info)
+    return duals
+
+
+def load_official(
+    primal_path: str | os.PathLike[str],
+    dual_path: str | os.PathLike[str] | None = None,
+    *,
+    variant: str | None = None,
+    scale: int | None = None,
+) -> tuple[DRN, nn.ModuleList | None, dict[str, Any]]:
+    """Load the authors' released files (primal state_dict + optional list of dual state_dicts).
+
+    Returns `(primal, duals, info)`; `info` has `variant`, `scale`, `n_feats`, `n_blocks`.
+    Passing `variant`/`scale` turns a silent mix-up into an error naming expected and found variants.
+    """
+    primal_path = Path(primal_path)
+    state = _check_state_dict(safe_load(primal_path), primal_path, "primal state_dict")
+    primal, info = primal_from_state_dict(state, str(primal_path), variant, scale)
+    duals = None
+    if dual_path is not None:
+        dual_path = Path(dual_path)
+        duals = duals_from_state_dicts(safe_load(dual_path), str(dual_path), info)
+    return primal, duals, info
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plain_state_dict(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone() for k, v in module.state_dict().items()}
+
+
+def save_official(
+    primal: nn.Module,
+    duals: nn.ModuleList | list[nn.Module] | None,
+    primal_path: str | os.PathLike[str],
+    dual_path: str | os.PathLike[str] | None = None,
+) -> None:
+    """Write weights in the authors' format so their `main.py --pre_train ... --pre_train_dual ...` reads them."""
+    _atomic_save(_plain_state_dict(primal), Path(primal_path))
+    if dual_path is not None:
+        if duals is None:
+            raise ValueError("dual_path was given but there are no dual models to save")
+        _atomic_save([_plain_state_dict(d) for d in duals], Path(dual_path))
+
+
+def split_lightning_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
+    """Split our LightningModule state_dict (`primal.*`, `duals.<i>.*`) into the authors' two structures."""
+    primal = {k[len(PRIMAL_PREFIX):]: v for k, v in state_dict.items() if k.startswith(PRIMAL_PREFIX)}
+    duals: dict[int, dict[str, Tensor]] = {}
+    for key, value in state_dict.items():
+        if key.startswith(DUALS_PREFIX):
+            index, _, rest = key[len(DUALS_PREFIX):].partition(".")
+            duals.setdefault(int(index), {})[rest] = value
+    return primal, [duals[i] for i in sorted(duals)]
+
+
+def load_weights(
+    path: str | os.PathLike[str],
+    dual_path: str | os.PathLike[str] | None = None,
+    *,
+    variant: str | None = None,
+    scale: int | None = None,
+) -> tuple[DRN, nn.ModuleList | None, dict[str, Any]]:
+    """Load either the authors' `.pt` pair or one of our Lightning `.ckpt` files, whichever `path` is."""
+    path = Path(path)
+    obj = safe_load(path)
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        primal_state, dual_states = split_lightning_state_dict(obj["state_dict"])
+        if not primal_state:
+            raise CheckpointError(f"{path}: Lightning checkpoint without 'primal.*' weights")
+        primal_state = _check_state_dict(primal_state, path, "primal state_dict")
+        primal, info = primal_from_state_dict(primal_state, str(path), variant, scale)
+        duals = duals_from_state_dicts(dual_states, str(path), info) if dual_states else None
+        return primal, duals, info
+    state = _check_state_dict(obj, path, "primal state_dict")
+    primal, info = primal_from_state_dict(state, str(path), variant, scale)
+    duals = None
+    if dual_path is not None:
+        duals = duals_from_state_dicts(safe_load(dual_path), str(dual_path), info)
+    return primal, duals, info
+
+
+def official_to_checkpoint(
+    primal: nn.Module, duals: nn.ModuleList | None, info: Mapping[str, Any], ckpt_path: str | os.PathLike[str]
+) -> None:
+    """Write a minimal Lightning-style checkpoint (weights + hyper-parameters) that our tools load."""
+    state = {PRIMAL_PREFIX + k: v for k, v in _plain_state_dict(primal).items()}
+    for idx, dual in enumerate(duals or []):
+        state.update({f"{DUALS_PREFIX}{idx}.{k}": v for k, v in _plain_state_dict(dual).items()})
+    hparams = {k: info[k] for k in ("variant", "scale", "n_feats", "n_blocks")}
+    _atomic_save({"state_dict": state, "hyper_parameters": {"drn": hparams}, "epoch": 0, "global_step": 0}, Path(ckpt_path))
