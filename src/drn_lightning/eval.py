@@ -1,0 +1,167 @@
+"""Benchmark evaluation as the SR literature does it: whole images, PSNR/SSIM on Y with `scale` pixels shaved.
+
+    python -m drn_lightning.eval model=bicubic scale=4 data=benchmark data.root=DIR 'data.sets=[Set5,Set14]' \
+        results_json=OUT.json
+    python -m drn_lightning.eval model=drn_s scale=4 weights=DRNS4x.pt data.root=DIR
+
+OUT.json maps each set to {"psnr": float, "ssim": float, "images": int}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from drn_lightning.metrics import PSNRY, SSIMY
+from drn_lightning.ops.imresize import imresize
+
+Upscaler = Callable[[Tensor], Tensor]
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` means CUDA when present; asking for CUDA without one is an error naming the option."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device={device!r}; allowed: auto, cpu, cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+def bicubic_upscaler(scale: int) -> Upscaler:
+    """The literature's baseline: MATLAB-bicubic upscaling of the LR image."""
+    return lambda lr: imresize(lr, scale=scale)
+
+
+def model_upscaler(primal: nn.Module, self_ensemble: bool = False, tile: int | None = None) -> Upscaler:
+    """Final primal output, optionally tiled and/or self-ensembled."""
+
+    def final(lr: Tensor) -> Tensor:
+        return primal(lr)[-1]
+
+    if not tile and not self_ensemble:
+        return final
+    from drn_lightning.ops import tiling
+
+    fn = final
+    if tile:
+        fn = lambda x: tiling.tiled_forward(final, x, scale=primal.scale, tile=tile)  # noqa: E731
+    return (lambda lr: tiling.self_ensemble_forward(fn, lr)) if self_ensemble else fn
+
+
+@torch.inference_mode()
+def evaluate(
+    upscaler: Upscaler,
+    datasets: Mapping[str, Dataset],
+    scale: int,
+    device: torch.device | str = "cpu",
+    round_y: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Score an upscaler on each dataset (whole images, one at a time); returns {set: {psnr, ssim, images}}."""
+    device = torch.device(device)
+    results: dict[str, dict[str, Any]] = {}
+    for name, dataset in datasets.items():
+        psnr, ssim = PSNRY(scale, round_y=round_y).to(device), SSIMY(scale, round_y=round_y).to(device)
+        for index in range(len(dataset)):  # type: ignore[arg-type]
+            sample = dataset[index]
+            lr = sample["lr"][0].unsqueeze(0).to(device)
+            hr = sample["hr"].unsqueeze(0).to(device)
+            sr = upscaler(lr)
+            psnr.update(sr, hr)
+            ssim.update(sr, hr)
+        results[name] = {"psnr": float(psnr.compute()), "ssim": float(ssim.compute()), "images": len(dataset)}  # type: ignore[arg-type]
+    return results
+
+
+def print_results(results: Mapping[str, Mapping[str, Any]], scale: int, title: str, console: Console | None = None) -> None:
+    """One row per set, as papers print them."""
+    table = Table(title=title)
+    for column in ("set", "scale", "PSNR (dB)", "SSIM", "images"):
+        table.add_column(column, justify="left" if column == "set" else "right")
+    for name, row in results.items():
+        table.add_row(name, f"x{scale}", f"{row['psnr']:.2f}", f"{row['ssim']:.4f}", str(row["images"]))
+    (console or Console()).print(table)
+
+
+def write_json(data: Any, path: str | os.PathLike[str]) -> Path:
+    """Write JSON atomically (temporary file, then rename) so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def benchmark_datasets(root: str | os.PathLike[str], sets: list[str], scale: int) -> dict[str, Dataset]:
+    """One BenchmarkDataset per set folder under `root`; a missing folder is an error naming it."""
+    from drn_lightning.data.datasets import BenchmarkDataset
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root={str(root)!r}: benchmark folder not found")
+    return {name: BenchmarkDataset(root, name, scale) for name in sets}
+
+
+def load_primal(cfg: DictConfig) -> nn.Module | None:
+    """The network named by `model=` and `weights=`; None for `model=bicubic`."""
+    from drn_lightning.models import load_weights
+
+    if cfg.model.get("net") is None:
+        if cfg.get("weights"):
+            raise ValueError(f"weights={cfg.weights!r} given with model=bicubic; choose model=drn_s|drn_l|drn_tiny")
+        return None
+    if not cfg.get("weights"):
+        raise ValueError(f"model={cfg.model.name} needs weights=FILE (the authors' .pt or our .ckpt)")
+    variant = cfg.model.net.get("variant")
+    expected_variant = variant if cfg.model.net.get("n_feats") is None and cfg.model.net.get("n_blocks") is None else None
+    primal, _, _ = load_weights(cfg.weights, cfg.get("dual_weights"), variant=expected_variant, scale=cfg.scale)
+    return primal.eval()
+
+
+def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """Evaluate the configured model (or bicubic) on the configured benchmark sets."""
+    from drn_lightning.models import check_scale
+
+    scale = check_scale(int(cfg.scale))
+    device = resolve_device(str(cfg.device))
+    datasets = benchmark_datasets(cfg.data.root, list(cfg.data.sets), scale)
+    primal = load_primal(cfg)
+    if primal is None:
+        upscaler, title = bicubic_upscaler(scale), f"bicubic x{scale}"
+    else:
+        primal = primal.to(device)
+        upscaler = model_upscaler(primal, bool(cfg.self_ensemble), cfg.get("tile"))
+        title = f"{cfg.model.name} x{scale} ({cfg.weights})"
+    results = evaluate(upscaler, datasets, scale, device, bool(cfg.round_y))
+    print_results(results, scale, title)
+    path = write_json(results, cfg.results_json)
+    print(f"results: {path}")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point; user errors print one line and exit non-zero instead of a traceback."""
+    try:
+        run(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
