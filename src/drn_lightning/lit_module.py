@@ -34,7 +34,7 @@ class DRNLitModule(pl.LightningModule):
         scheduler: SchedulerFactory | None = None,
         scale: int = 4,
         val_set_names: Sequence[str] = ("val",),
-        round_y: bool = False,
+        round_y: bool = True,
         channels_last: bool = True,
         semi_supervised: bool = False,
         nonfinite_loss: str = "raise",
