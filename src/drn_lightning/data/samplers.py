@@ -1,0 +1,154 @@
+"""Batch sampler mixing paired and unpaired samples at an exact ratio, sharded across DDP ranks."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import numpy as np
+from torch.utils.data import Sampler
+
+__all__ = ["MixedBatchSampler"]
+
+_PAIRED, _UNPAIRED = 0, 1
+
+
+def _positive_int(value: int, name: str, minimum: int = 1) -> int:
+    """Reject bools, floats and values below the minimum, naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class MixedBatchSampler(Sampler[list[int]]):
+    """Yields this rank's index lists into ``ConcatDataset([paired, unpaired])``.
+
+    Each *global* batch (``batch_size * num_replicas`` samples, one ``batch_size`` slice per rank)
+    holds exactly ``round(unpaired_ratio * global_batch)`` unpaired samples (offset by
+    ``n_paired``); the rest are paired. The unpaired count ``u`` is spread over the ranks as evenly
+    as possible: every rank gets ``u // num_replicas`` or one more, and which ranks get the extra
+    one rotates from batch to batch, so no rank is systematically heavier. Only the global count
+    is exact; a rank may hold one unpaired sample more or less than another in a given step
+    (with ``batch_size`` 1 a rank can even get an all-unpaired batch).
+
+    Indices come from a chain of seeded random permutations per pool: each permutation is cut
+    into whole global batches (its last ``n % per_batch`` entries are left out, so no global
+    batch spans two permutations), global batch ``g`` takes the next cut and rank ``r`` its part
+    of it. So within a global batch no sample repeats and ranks never share one (unless a pool
+    is smaller than its share of a global batch), and no sample is reused before the rest of
+    its permutation. Epoch ``e`` starts at global batch ``e * num_batches``, continuing where
+    epoch ``e - 1`` stopped rather than restarting (short epochs still cover the whole pool over
+    training); batches depend only on ``seed``, epoch and batch index, never on call history.
+    """
+
+    def __init__(
+        self,
+        n_paired: int,
+        n_unpaired: int,
+        batch_size: int,
+        unpaired_ratio: float,
+        num_batches: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+    ) -> None:
+        """Validate the mix and precompute the per-global-batch counts."""
+        self.n_paired = _positive_int(n_paired, "n_paired", 0)
+        self.n_unpaired = _positive_int(n_unpaired, "n_unpaired", 0)
+        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.num_batches = _positive_int(num_batches, "num_batches")
+        self.num_replicas = _positive_int(num_replicas, "num_replicas")
+        self.rank = _positive_int(rank, "rank", 0)
+        self.seed = _positive_int(seed, "seed", 0)
+        if self.rank >= self.num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas={self.num_replicas}), got {rank!r}")
+        ratio = float(unpaired_ratio)
+        if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
+            raise ValueError(f"unpaired_ratio must be in [0, 1), got {unpaired_ratio!r}")
+        self.unpaired_ratio = ratio
+        self.global_batch = self.batch_size * self.num_replicas
+        self.unpaired_per_global = int(math.floor(ratio * self.global_batch + 0.5))
+        self.paired_per_global = self.global_batch - self.unpaired_per_global
+        if ratio > 0 and self.n_unpaired == 0:
+            raise ValueError(f"unpaired_ratio={ratio} > 0 needs unpaired samples, but n_unpaired is 0")
+        if self.paired_per_global == 0:
+            raise ValueError(
+                f"unpaired_ratio={ratio} rounds to {self.unpaired_per_global} of "
+                f"{self.global_batch} samples per global batch, leaving no paired sample; "
+                "lower unpaired_ratio or raise batch_size"
+            )
+        if self.n_paired == 0:
+            raise ValueError("n_paired must be >= 1: every global batch needs paired samples")
+        self.epoch = 0
+        self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+
+    @property
+    def sampler(self) -> MixedBatchSampler:
+        """Lightning calls ``dataloader.batch_sampler.sampler.set_epoch`` each epoch; route it here."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose batches ``__iter__`` yields (called by Lightning each epoch)."""
+        self.epoch = _positive_int(epoch, "epoch", 0)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (the same on every rank, so DDP steps stay in lockstep)."""
+        return self.num_batches
+
+    def unpaired_counts(self, global_index: int) -> list[int]:
+        """Unpaired samples per rank in global batch ``global_index``; sums to the exact global count."""
+        base, extra = divmod(self.unpaired_per_global, self.num_replicas)
+        return [base + (1 if (r - global_index) % self.num_replicas < extra else 0) for r in range(self.num_replicas)]
+
+    def _perm(self, pool: int, cycle: int, size: int) -> np.ndarray:
+        """The ``cycle``-th seeded permutation of a pool (a few recent ones kept for reuse)."""
+        key = (pool, cycle)
+        perm = self._perms.get(key)
+        if perm is None:
+            perm = np.random.default_rng([self.seed, pool, cycle]).permutation(size)
+            self._perms[key] = perm
+            while len(self._perms) > 6:
+                self._perms.popitem(last=False)
+        return perm
+
+    def _draw(self, pool: int, size: int, per_global: int, global_index: int, skip: int, count: int) -> list[int]:
+        """``count`` indices of a pool for global batch ``global_index``, after the first ``skip``.
+
+        When a global batch fits in the pool, each permutation is cut into ``size // per_global``
+        whole global batches (the last ``size % per_global`` entries are left out), so a global
+        batch never spans two permutations and never holds a sample twice. A pool smaller than a
+        global batch is read as one continuous chain of permutations (repeats are unavoidable).
+        """
+        if per_global <= size:
+            cycle, slot = divmod(global_index, size // per_global)
+            start = slot * per_global + skip
+            return [int(i) for i in self._perm(pool, cycle, size)[start : start + count]]
+        out: list[int] = []
+        pos = global_index * per_global + skip
+        while len(out) < count:
+            cycle, offset = divmod(pos, size)
+            take = min(count - len(out), size - offset)
+            out.extend(int(i) for i in self._perm(pool, cycle, size)[offset : offset + take])
+            pos += take
+        return out
+
+    def rank_batch(self, global_index: int, rank: int) -> list[int]:
+        """Indices rank ``rank`` gets in global batch ``global_index``: paired first, then unpaired."""
+        counts = self.unpaired_counts(global_index)
+        u_before = sum(counts[:rank])
+        p_before = rank * self.batch_size - u_before
+        u_here = counts[rank]
+        p_here = self.batch_size - u_here
+        paired = self._draw(_PAIRED, self.n_paired, self.paired_per_global, global_index, p_before, p_here)
+        unpaired: list[int] = []
+        if u_here:
+            drawn = self._draw(_UNPAIRED, self.n_unpaired, self.unpaired_per_global, global_index, u_before, u_here)
+            unpaired = [self.n_paired + i for i in drawn]
+        return paired + unpaired
+
+    def __iter__(self) -> Iterator[list[int]]:
+        """This rank's batches for the current epoch."""
+        first = self.epoch * self.num_batches
+        for b in range(self.num_batches):
+            yield self.rank_batch(first + b, self.rank)

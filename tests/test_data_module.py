@@ -1,0 +1,265 @@
+"""SRDataModule / DemoDataModule: option validation, Hydra construction, batches, sharding, epochs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import hydra.utils
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from drn_lightning.data import DEMO_VAL, DemoDataModule, MixedBatchSampler, SRDataModule, load_demo_image
+from drn_lightning.data.datamodule import ShardSampler
+from drn_lightning.ops.degrade import lr_pyramid
+
+SCALE, PATCH = 4, 32
+
+
+def _png(arr: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(arr)).save(path)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DIV2K-style train set, a real-LR folder, and a Set-style benchmark folder."""
+    root = tmp_path_factory.mktemp("data")
+    astro, coffee = load_demo_image("astronaut"), load_demo_image("coffee")
+    for k in range(4):
+        hr = astro[60 * k : 60 * k + 96, 40 * k : 40 * k + 88]
+        _png(hr, root / "train_HR" / f"{k:04d}.png")
+        levels = lr_pyramid(torch.from_numpy(np.ascontiguousarray(hr.transpose(2, 0, 1))), SCALE)
+        for f, lv in zip((4, 2), levels, strict=True):
+            _png(lv.permute(1, 2, 0).numpy(), root / "train_LR" / f"X{f}" / f"{k:04d}x{f}.png")
+    for k in range(3):
+        _png(coffee[30 * k : 30 * k + 20, 50 * k : 50 * k + 24], root / "real_lr" / f"lr{k}.png")
+    for k in range(3):
+        _png(coffee[100 + 20 * k : 164 + 20 * k, 20 * k : 70 + 20 * k], root / "benchmark" / "Set3" / "HR" / f"img{k}.png")
+    _png(coffee[200:260, 300:360], root / "benchmark" / "Flat" / "one.png")
+    return root
+
+
+def _dm(root: Path, **kw: Any) -> SRDataModule:
+    base: dict[str, Any] = dict(
+        scale=SCALE,
+        patch_size=PATCH,
+        batch_size=10,
+        train={"hr_dir": str(root / "train_HR"), "lr_dir": str(root / "train_LR")},
+        unpaired={"lr_dir": str(root / "real_lr")},
+        unpaired_ratio=0.3,
+        val_sets=[str(root / "benchmark" / "Set3"), {"root": str(root / "benchmark"), "set_name": "Flat", "name": "flat"}],
+        steps_per_epoch=4,
+        num_workers=0,
+        demo_root=str(root / "demo"),
+    )
+    base.update(kw)
+    return SRDataModule(**base)
+
+
+# ---------------------------------------------------------------- batches
+
+
+def test_mixed_batch_three_unpaired_of_ten(data_root: Path) -> None:
+    dm = _dm(data_root)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 4
+    for batch in batches:
+        paired = batch["paired"]
+        assert paired.dtype == torch.bool and paired.shape == (10,)
+        assert int((~paired).sum()) == 3
+        assert [tuple(t.shape) for t in batch["lr"]] == [(10, 3, 8, 8), (10, 3, 16, 16)]
+        assert tuple(batch["hr"].shape) == (10, 3, PATCH, PATCH)
+        assert not batch["hr"][~paired].any() and not batch["lr"][1][~paired].any()
+        assert batch["hr"][paired].flatten(1).amax(1).gt(0).all()
+        assert all(n.startswith("lr") for n, p in zip(batch["name"], paired.tolist(), strict=True) if not p)
+
+
+def test_paired_only_with_workers(data_root: Path) -> None:
+    dm = _dm(data_root, unpaired=None, unpaired_ratio=0.0, batch_size=3, num_workers=2, steps_per_epoch=3)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert isinstance(loader.batch_sampler, MixedBatchSampler) and loader.num_workers == 2
+    for _ in range(2):  # two passes through persistent workers
+        batches = list(loader)
+        assert len(batches) == 3 and all(bool(b["paired"].all()) for b in batches)
+    assert dm.unpaired_dataset is None
+
+
+def test_unpaired_given_but_ratio_zero_is_unused(data_root: Path) -> None:
+    dm = _dm(data_root, unpaired_ratio=0.0)
+    dm.setup("fit")
+    assert dm.unpaired_dataset is None
+    assert all(bool(b["paired"].all()) for b in dm.train_dataloader())
+
+
+def test_val_loaders_in_name_order(data_root: Path) -> None:
+    dm = _dm(data_root)
+    assert dm.val_set_names == ["Set3", "flat"]
+    dm.setup("validate")
+    loaders = dm.val_dataloader()
+    assert len(loaders) == 2
+    first = list(loaders[0])
+    assert len(first) == 3 and all(b["set"] == ["Set3"] for b in first)
+    assert tuple(first[0]["hr"].shape) == (1, 3, 64, 68)  # 64 x 70 mod-cropped to 4
+    assert [tuple(t.shape) for t in first[0]["lr"]] == [(1, 3, 16, 17), (1, 3, 32, 34)]
+    assert [b["set"] for b in loaders[1]] == [["flat"]]
+
+
+def test_shard_sampler_splits_without_duplicates() -> None:
+    for n in (0, 1, 5, 8):
+        for world in (1, 2, 3):
+            shards = [list(ShardSampler(n, world, r)) for r in range(world)]
+            assert sorted(i for s in shards for i in s) == list(range(n))
+            assert [len(ShardSampler(n, world, r)) for r in range(world)] == [len(s) for s in shards]
+
+
+# ---------------------------------------------------------------- rank / epoch plumbing
+
+
+def test_rank_world_epoch_from_trainer(data_root: Path) -> None:
+    dm = _dm(data_root)
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(  # type: ignore[assignment]
+        global_rank=1, world_size=2, current_epoch=3, _accelerator_connector=SimpleNamespace(use_distributed_sampler=False)
+    )
+    loader = dm.train_dataloader()
+    sampler = loader.batch_sampler
+    assert isinstance(sampler, MixedBatchSampler)
+    assert (sampler.rank, sampler.num_replicas, sampler.epoch) == (1, 2, 3)
+    assert sum(not bool(p) for b in loader for p in b["paired"]) in range(4 * 2, 4 * 4 + 1)  # 6 per global batch
+    val = dm.val_dataloader()
+    assert [len(v) for v in val] == [1, 0]  # rank 1 of 2: Set3 item 1, Flat has only item 0
+    dm.trainer.world_size, dm.trainer.global_rank = 2, 0  # type: ignore[union-attr]
+    dm.trainer._accelerator_connector.use_distributed_sampler = True  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="use_distributed_sampler=False"):
+        dm.train_dataloader()
+
+
+class _Probe(pl.LightningModule):
+    """Records what the sampler saw at each epoch start and what validation received."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.sampler_epochs: list[tuple[int, int]] = []
+        self.unpaired_counts: list[int] = []
+        self.val_sets: list[str] = []
+
+    def on_train_epoch_start(self) -> None:
+        sampler = self.trainer.train_dataloader.batch_sampler
+        self.sampler_epochs.append((self.current_epoch, sampler.epoch))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        self.unpaired_counts.append(int((~batch["paired"]).sum()))
+        return (self.w * batch["hr"].mean()).sum()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.val_sets.append(batch["set"][0])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_lightning_fit_sets_epoch_on_sampler(data_root: Path) -> None:
+    dm = _dm(data_root, steps_per_epoch=2)
+    probe = _Probe()
+    trainer = pl.Trainer(
+        max_epochs=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(probe, datamodule=dm)
+    assert probe.sampler_epochs == [(0, 0), (1, 1), (2, 2)]
+    assert probe.unpaired_counts == [3] * 6
+    assert probe.val_sets.count("Set3") == 3 * 3 and probe.val_sets.count("flat") == 3
+
+
+# ---------------------------------------------------------------- construction and validation
+
+
+def test_hydra_instantiate_from_yaml(data_root: Path) -> None:
+    cfg = OmegaConf.create(
+        f"""
+        _target_: drn_lightning.data.SRDataModule
+        scale: 4
+        patch_size: 32
+        batch_size: 10
+        train: {{hr_dir: {data_root / 'train_HR'}, lr_dir: {data_root / 'train_LR'}, augment: false}}
+        unpaired: {{lr_dir: {data_root / 'real_lr'}}}
+        unpaired_ratio: 0.3
+        val_sets: [{data_root / 'benchmark' / 'Set3'}]
+        steps_per_epoch: 2
+        num_workers: 0
+        """
+    )
+    dm = hydra.utils.instantiate(cfg)
+    assert isinstance(dm, SRDataModule) and dm.val_set_names == ["Set3"]
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert int((~batch["paired"]).sum()) == 3
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ({"unpaired_ratio": 1.0}, "unpaired_ratio"),
+        ({"unpaired_ratio": -0.2}, "unpaired_ratio"),
+        ({"patch_size": 30}, r"patch_size \(30\).*scale \(4\)"),
+        ({"scale": 3, "patch_size": 30}, "scale must be one of"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"unpaired": None}, "unpaired"),
+        ({"train": {"hr_dir": "x", "lr_dirr": "y"}}, r"unknown keys \['lr_dirr'\]"),
+        ({"train": {}}, "train.hr_dir"),
+        ({"train": {"demo": True, "hr_dir": "x"}}, "not both"),
+        ({"unpaired": {"lr_dir": "a", "hr_dir": "b"}}, "exactly one"),
+        ({"unpaired": {"demo": True, "degradation": "blur"}}, "unpaired.degradation"),
+        ({"val_sets": [{"root": "x"}]}, r"val_sets\[0\]"),
+        ({"train": {"demo": True, "on_bad_file": "ignore"}}, "on_bad_file"),
+    ],
+)
+def test_options_validated_up_front(data_root: Path, override: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _dm(data_root, **override)
+
+
+def test_missing_paths_named(data_root: Path) -> None:
+    missing = data_root / "no_such_dir"
+    with pytest.raises(FileNotFoundError, match=r"train.hr_dir.*no_such_dir"):
+        _dm(data_root, train={"hr_dir": str(missing)})
+    with pytest.raises(FileNotFoundError, match=r"unpaired.lr_dir.*no_such_dir"):
+        _dm(data_root, unpaired={"lr_dir": str(missing)})
+    with pytest.raises(FileNotFoundError, match=r"val_sets\[1\].*no_such_dir"):
+        _dm(data_root, val_sets=[str(data_root / "benchmark" / "Set3"), str(missing)])
+    with pytest.raises(ValueError, match="unique"):
+        _dm(data_root, val_sets=[str(data_root / "benchmark" / "Set3")] * 2)
+
+
+# ---------------------------------------------------------------- demo
+
+
+def test_demo_datamodule_offline(tmp_path: Path) -> None:
+    dm = DemoDataModule(
+        scale=2, patch_size=32, batch_size=4, unpaired_ratio=0.25, steps_per_epoch=2, num_workers=0,
+        demo_root=str(tmp_path / "demo"),
+    )
+    assert dm.val_set_names == ["demo"]
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert int((~batch["paired"]).sum()) == 1
+    assert [tuple(t.shape) for t in batch["lr"]] == [(4, 3, 16, 16)]
+    assert not set(batch["name"]) & {f"{n}.png" for n in DEMO_VAL}
+    (val,) = dm.val_dataloader()
+    assert sorted(b["name"][0] for b in val) == sorted(f"{n}.png" for n in DEMO_VAL)
+    via_hydra = hydra.utils.instantiate(
+        {"_target_": "drn_lightning.data.SRDataModule", "scale": 2, "patch_size": 32, "batch_size": 2,
+         "train": {"demo": True}, "val_sets": [{"demo": True}], "demo_root": str(tmp_path / "demo")}
+    )
+    assert via_hydra.val_set_names == ["demo"]
