@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+from omegaconf import DictConfig
 
 
 @pytest.fixture(scope="session")
@@ -12,3 +18,50 @@ def skimage_photos() -> dict[str, np.ndarray]:
     from skimage import data
 
     return {name: getattr(data, name)() for name in ("astronaut", "chelsea", "coffee")}
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+BENCHMARKS_DIR = REPO_ROOT.parent / "shared" / "data" / "benchmarks"
+
+# The smallest run that still exercises every part of training: tiny DRN, tiny patches, two steps.
+TINY_TRAIN = [
+    "model=drn_tiny",
+    "data.patch_size=32",
+    "data.batch_size=2",
+    "data.steps_per_epoch=2",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "trainer.max_steps=2",
+    "trainer.max_epochs=1",
+    "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_model_summary=false",
+    "trainer.enable_progress_bar=false",
+    "test_after_fit=false",
+]
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One demo-photo folder for the whole session, so each test does not rewrite the PNGs."""
+    return tmp_path_factory.mktemp("drn_cache")
+
+
+def compose_train(overrides: list[str], output_dir: Path, cache_dir: Path) -> DictConfig:
+    """Compose conf/train.yaml as `python -m drn_lightning.train` would, with outputs under `output_dir`."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[f"paths.output_dir={output_dir}", f"paths.cache_dir={cache_dir}", *overrides],
+        )
+
+
+def run_module(module: str, args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None):
+    """Run `python -m module args` in a subprocess (the way users run it) and return the CompletedProcess."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )

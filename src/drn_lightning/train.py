@@ -85,6 +85,8 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
             loggers_cfg.wandb.group = group
     loggers = _instantiate_group(loggers_cfg)
     callbacks = _instantiate_group(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
 
 

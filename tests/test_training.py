@@ -1,0 +1,261 @@
+"""Training: Hydra composition, config validation, one step, resume, DDP, multirun + report, W&B offline."""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, TINY_TRAIN, compose_train, run_module
+from hydra.utils import instantiate
+
+from drn_lightning.config import ConfigError, validate_train_config
+from drn_lightning.train import build_module, build_trainer, prepare
+
+
+def test_default_config_is_the_cpu_demo(tmp_path: Path, demo_cache: Path) -> None:
+    cfg = compose_train([], tmp_path, demo_cache)
+    validate_train_config(cfg)
+    assert cfg.model.name == "drn_tiny" and cfg.scale == 4
+    assert cfg.data._target_.endswith("DemoDataModule")
+    assert cfg.model.loss.dual_weight == 0.1
+    assert cfg.model.optimizer.betas == [0.9, 0.999]
+    assert cfg.model.scheduler.eta_min == 1e-7
+
+
+def test_top_level_scale_builds_drn_l_x8_and_4_device_ddp(tmp_path: Path, demo_cache: Path) -> None:
+    cfg = compose_train(["model=drn_l", "scale=8", "trainer.devices=4", "trainer.accelerator=cpu"], tmp_path, demo_cache)
+    validate_train_config(cfg)
+    primal, duals = instantiate(cfg.model.net)
+    assert (primal.scale, primal.n_feats, primal.n_blocks) == (8, 10, 36)
+    assert sum(p.numel() for p in primal.parameters()) == 10_004_018
+    assert len(duals) == 3
+    assert cfg.data.scale == 8  # the data module follows the top-level scale
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    assert trainer.num_devices == 4
+    assert type(trainer.strategy).__name__ == "DDPStrategy"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "option"),
+    [
+        (["scale=3"], "scale=3"),
+        (["data=semi", "data.unpaired_ratio=1.0"], "data.unpaired_ratio=1.0"),
+        (["data.patch_size=30"], "data.patch_size=30"),
+        (["data=df2k", "paths.data_dir=/nonexistent"], "data.train.hr_dir"),
+        (["model.optimizer.lr=-1"], "model.optimizer.lr=-1"),
+        (["nonfinite_loss=ignore"], "nonfinite_loss='ignore'"),
+        (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path="),
+        (["model=bicubic"], "model=bicubic"),
+        (["model=drn_s", "scale=2"], "model.net.variant='drn_s'"),
+        (["model.net.n_feats=2"], "model.net.n_feats=2"),
+        (["trainer.max_steps=-1", "trainer.max_epochs=-1"], "trainer.max_steps"),
+    ],
+)
+def test_invalid_options_fail_before_any_work_naming_the_option(
+    tmp_path: Path, demo_cache: Path, overrides: list[str], option: str
+) -> None:
+    cfg = compose_train(overrides, tmp_path, demo_cache)
+    with pytest.raises(ConfigError) as info:
+        validate_train_config(cfg)
+    assert option in str(info.value)
+
+
+def test_unknown_keys_are_rejected(tmp_path: Path, demo_cache: Path) -> None:
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="learning_rate"):
+        compose_train(["model.learning_rate=1"], tmp_path, demo_cache)
+
+
+def _fixed_batch(datamodule) -> dict:
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return next(iter(datamodule.train_dataloader()))
+
+
+def test_one_training_step_lowers_the_loss(tmp_path: Path, demo_cache: Path) -> None:
+    cfg = compose_train(TINY_TRAIN, tmp_path, demo_cache)
+    torch.manual_seed(0)
+    datamodule, module, _ = prepare(cfg)
+    batch = _fixed_batch(datamodule)
+    optimizer = module.optimizer_factory(module.parameters())
+
+    def loss() -> torch.Tensor:
+        return module.loss_fn(module(batch["lr"][0]), batch["lr"], batch["hr"], module.duals)["loss"]
+
+    before = loss()
+    optimizer.zero_grad()
+    module.training_step(batch, 0).backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = loss()
+    assert torch.isfinite(before) and after < before
+
+
+def test_dual_false_trains_without_duals(tmp_path: Path, demo_cache: Path) -> None:
+    cfg = compose_train([*TINY_TRAIN, "model.dual=false"], tmp_path, demo_cache)
+    _, module, _ = prepare(cfg)
+    assert module.duals is None and module.loss_fn.dual_weight == 0.0
+
+
+def test_fit_then_resume_restores_step_optimizer_and_scheduler(tmp_path: Path, demo_cache: Path) -> None:
+    import pytorch_lightning as pl
+
+    first = compose_train([*TINY_TRAIN, "logger=csv"], tmp_path / "run", demo_cache)
+    datamodule, module, trainer = prepare(first)
+    trainer.fit(module, datamodule=datamodule)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2
+
+    second = compose_train(
+        [*TINY_TRAIN, "trainer.max_steps=4", "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "run", demo_cache
+    )
+    seen: dict = {}
+
+    class Probe(pl.Callback):
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            opt = trainer.optimizers[0]
+            seen["step"] = trainer.global_step
+            seen["adam_steps"] = float(next(iter(opt.state.values()))["step"])
+            seen["sched_epoch"] = trainer.lr_scheduler_configs[0].scheduler.last_epoch
+
+    datamodule, module, trainer = prepare(second)
+    trainer.callbacks.append(Probe())
+    trainer.fit(module, datamodule=datamodule, ckpt_path=second.ckpt_path)
+    assert seen == {"step": 2, "adam_steps": 2.0, "sched_epoch": 2}
+    assert trainer.global_step == 4
+    resumed = torch.load(last, map_location="cpu", weights_only=False)
+    assert (resumed["global_step"], resumed["epoch"]) == (4, 1)  # the second epoch, not a restart of the first
+
+
+def test_cosine_schedule_spans_the_run(tmp_path: Path, demo_cache: Path) -> None:
+    cfg = compose_train([*TINY_TRAIN, "trainer.max_steps=5", "trainer.max_epochs=3"], tmp_path, demo_cache)
+    datamodule, module, trainer = prepare(cfg)
+    lrs = []
+
+    import pytorch_lightning as pl
+
+    class LrProbe(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer.callbacks.append(LrProbe())
+    trainer.fit(module, datamodule=datamodule)
+    peak, floor = cfg.model.optimizer.lr, cfg.model.scheduler.eta_min
+    import math
+
+    expected = [floor + (peak - floor) * (1 + math.cos(math.pi * t / 5)) / 2 for t in range(5)]
+    assert lrs == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------- end-to-end, as users run it (slow)
+
+
+def _metrics_rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "csv" / "version_0" / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path: Path, demo_cache: Path) -> None:
+    run_dir = tmp_path / "ddp"
+    result = run_module(
+        "drn_lightning.train",
+        [*TINY_TRAIN, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.limit_val_batches=null",
+         f"hydra.run.dir={run_dir}", f"paths.cache_dir={demo_cache}"],
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in ckpts and len([c for c in ckpts if c.startswith("best")]) == 1
+    assert [p.name for p in run_dir.glob("csv*")] == ["csv"]  # rank 0 alone wrote logs
+    logged = [float(r["val/psnr"]) for r in _metrics_rows(run_dir) if r.get("val/psnr")]
+    assert len(logged) == 1
+    # The synced metric equals a single-process evaluation of the same weights on all validation images.
+    from drn_lightning.data import DemoDataModule
+    from drn_lightning.eval import evaluate, model_upscaler
+    from drn_lightning.models import load_weights
+
+    primal, _, _ = load_weights(run_dir / "checkpoints" / "last.ckpt")
+    datamodule = DemoDataModule(scale=4, patch_size=32, batch_size=2, demo_root=str(demo_cache / "demo"), num_workers=0)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    sets = dict(zip(datamodule.val_set_names, datamodule.val_datasets))
+    single = evaluate(model_upscaler(primal.eval()), sets, 4, round_y=True)
+    assert logged[0] == pytest.approx(single["demo"]["psnr"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_multirun_over_rho_and_report(tmp_path: Path, demo_cache: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    result = run_module(
+        "drn_lightning.train",
+        ["-m", "data=semi", "data.unpaired_ratio=0,0.5", *[o for o in TINY_TRAIN if o != "test_after_fit=false"],
+         "eval_extra_sets=[]", f"hydra.sweep.dir={sweep_dir}", f"paths.cache_dir={demo_cache}"],
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
+    report = run_module("drn_lightning.report", [str(sweep_dir)], cwd=REPO_ROOT)
+    assert report.returncode == 0, report.stderr
+    rows = json.loads((sweep_dir / "report.json").read_text())
+    assert [r["data.unpaired_ratio"] for r in rows] == [0.0, 0.5]
+    for row, job in zip(rows, ("0", "1")):
+        evaluation = json.loads((sweep_dir / job / "eval.json").read_text())
+        assert row["demo/psnr"] == pytest.approx(evaluation["demo"]["model"]["psnr"])
+    png = sweep_dir / "psnr_vs_unpaired_ratio.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def read_wandb_records(path: Path) -> list:
+    """Decode a W&B offline `.wandb` file: a LevelDB-style log of protobuf `Record`s in 32 KiB blocks."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", "not a W&B transaction log"
+    block, pos, records, pending = 32768, 7, [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # too little room for a header: the writer padded to the next block
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending += chunk
+        if kind in (1, 4):  # FULL or LAST
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+@pytest.mark.slow
+def test_wandb_runs_offline_and_logs_config_losses_and_metrics(tmp_path: Path, demo_cache: Path) -> None:
+    run_dir = tmp_path / "wb"
+    env = {"WANDB_API_KEY": "", "HOME": str(tmp_path)}  # no account, no cached login
+    result = run_module(
+        "drn_lightning.train",
+        [*TINY_TRAIN, "logger=wandb", f"hydra.run.dir={run_dir}", f"paths.cache_dir={demo_cache}"],
+        cwd=REPO_ROOT, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    records = read_wandb_records(runs[0])
+    config_keys = {u.key for r in records if r.WhichOneof("record_type") == "config" for u in r.config.update}
+    assert {"model", "data", "scale"} <= config_keys
+    history = {
+        item.key or "/".join(item.nested_key)
+        for r in records if r.WhichOneof("record_type") == "history" for item in r.history.item
+    }
+    assert {"train/loss", "train/dual", "val/psnr", "val/demo/psnr", "val/demo/ssim"} <= history
+    assert any(k.startswith("val/images") for k in history)
