@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from drn_lightning.models.drn import SUPPORTED_SCALES
-from drn_lightning.models.official import VARIANTS
+from drn_lightning.models.official import VARIANTS, CheckpointError
 
 # Config keys that name inputs which must already exist (outputs and caches are created on demand).
 INPUT_PATH_KEYS = ("hr_dir", "lr_dir", "root")
@@ -85,3 +86,63 @@ def validate_train_config(cfg: DictConfig) -> None:
         _require(value is None or Path(str(value)).is_file(), f"{key}={value!r}: file not found")
     ckpt = cfg.get("ckpt_path")
     _require(ckpt in (None, "last", "hpc") or Path(str(ckpt)).is_file(), f"ckpt_path={ckpt!r}: file not found")
+    check_torch_files(cfg)
+    check_output_dirs(cfg)
+
+
+# Config keys naming folders the run writes into (checkpoints, logs); checked before anything is built.
+OUTPUT_DIR_KEYS = ("dirpath", "save_dir", "default_root_dir", "output_dir")
+
+
+def _unwritable_reason(path: Path) -> str | None:
+    """Why files cannot be created under ``path`` (None if they can), from its nearest existing ancestor."""
+    probe = path.expanduser().absolute()
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None
+
+
+def _walk_resolvable(node: DictConfig, prefix: str) -> Iterator[tuple[str, Any]]:
+    """Like ``_walk`` over a mapping, skipping values whose interpolation cannot be resolved here
+    (``${hydra:...}`` outside a Hydra run)."""
+    for key in node.keys():
+        try:
+            value = node[key]
+        except Exception:  # noqa: BLE001 - omegaconf raises several interpolation error types
+            continue
+        if isinstance(value, DictConfig):
+            yield from _walk_resolvable(value, f"{prefix}.{key}")
+        elif not isinstance(value, ListConfig):
+            yield f"{prefix}.{key}", value
+
+
+def check_output_dirs(cfg: DictConfig) -> None:
+    """Every output folder (run dir, checkpoint and logger folders) must be creatable and writable now,
+    so a bad path fails at start rather than at the first checkpoint save."""
+    for group in ("paths", "trainer", "callbacks", "logger"):
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            continue
+        for key, value in _walk_resolvable(node, group):
+            if key.rsplit(".", 1)[-1] in OUTPUT_DIR_KEYS and value not in (None, ""):
+                reason = _unwritable_reason(Path(str(value)))
+                _require(reason is None, f"{key}={str(value)!r}: cannot write there: {reason}")
+
+
+def check_torch_files(cfg: DictConfig) -> None:
+    """``weights``, ``dual_weights`` and a ``ckpt_path`` file must load with ``weights_only=True`` now: a file
+    whose unpickling would run code, or an empty/truncated/corrupt one, is refused before anything is built."""
+    from drn_lightning.reliability import read_torch_file
+
+    for key in ("weights", "dual_weights", "ckpt_path"):
+        value = cfg.get(key)
+        if value is None or value in ("last", "hpc"):
+            continue
+        try:
+            read_torch_file(str(value))
+        except CheckpointError as err:
+            raise ConfigError(f"{key}: {err}") from None

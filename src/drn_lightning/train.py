@@ -174,7 +174,14 @@ def main(cfg: DictConfig) -> float | None:
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    metrics = train(cfg, datamodule, module, trainer)
+    from drn_lightning.reliability import RUN_FAILURES, failure_message
+
+    try:
+        metrics = train(cfg, datamodule, module, trainer)
+    except RUN_FAILURES as err:  # NaN loss, bad checkpoint/image, disk full, SIGTERM: the message says it all
+        message, status = failure_message(err, cfg.paths.output_dir)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(status)
     value = metrics.get("val/psnr")
     return float(value) if value is not None else None
 

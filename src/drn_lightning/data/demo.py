@@ -5,7 +5,8 @@ network) and written once as PNGs into ``<root>/train`` and ``<root>/val``, so t
 folder datasets serve them. Licences, per scikit-image's ``skimage.data`` docstrings:
 astronaut (NASA, public domain), rocket (SpaceX, public domain), hubble_deep_field (NASA, public
 domain), immunohistochemistry (no known copyright restrictions), retina (CC0), chelsea (CC0,
-Stefan van der Walt), coffee (CC0, Rachel Michetti).
+Stefan van der Walt), coffee (CC0, Rachel Michetti); greyscale, repeated to RGB: camera (CC0, Lav Varshney),
+brick, grass, gravel (CC0 textures), coins (no known copyright restrictions).
 """
 
 from __future__ import annotations
@@ -38,10 +39,18 @@ DEMO_FILES: dict[str, str] = {
     "retina": "retina.jpg",
     "chelsea": "chelsea.png",
     "coffee": "coffee.png",
+    "camera": "camera.png",
+    "brick": "brick.png",
+    "grass": "grass.png",
+    "gravel": "gravel.png",
+    "coins": "coins.png",
 }
-"""Demo name -> file inside ``skimage/data`` (all RGB photos bundled in the wheel)."""
+"""Demo name -> file inside ``skimage/data``: the RGB photos plus CC0 greyscale photos/textures (made RGB)."""
 
-DEMO_TRAIN: tuple[str, ...] = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
+DEMO_TRAIN: tuple[str, ...] = (
+    "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+    "camera", "brick", "grass", "gravel", "coins",
+)
 """Training photos (never used for validation)."""
 
 DEMO_VAL: tuple[str, ...] = ("chelsea", "coffee")

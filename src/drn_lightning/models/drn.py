@@ -121,8 +121,11 @@ class DRN(nn.Module):
         rgb_range: float = 255.0,
         negative_slope: float = 0.2,
         reduction: int = 16,
+        init: str = "default",
     ) -> None:
         super().__init__()
+        if init not in ("default", "identity"):
+            raise ValueError(f"init={init!r}; allowed: 'default' (PyTorch's, as the authors), 'identity'")
         self.scale = check_scale(scale)
         if n_feats < MIN_FEATS:
             raise ValueError(f"n_feats={n_feats!r} is too small; DRN needs n_feats >= {MIN_FEATS}")
@@ -156,6 +159,27 @@ class DRN(nn.Module):
         tail_channels = [width[stages]] + [2 * width[depth] for depth in range(stages - 1, -1, -1)]
         self.tail = nn.ModuleList(conv3x3(c, n_colors) for c in tail_channels)
         self.add_mean = MeanShift(rgb_range, sign=1)
+        if init == "identity":
+            self.init_identity_path()
+
+    @torch.no_grad()
+    def init_identity_path(self) -> None:
+        """Start the finest output at the bicubic-upsampled input: the head copies RGB into its first channels
+        and the last tail reads them back through the skip, while its weights on the U-Net features start at zero.
+
+        The architecture and state_dict are unchanged; short runs then spend their steps on detail instead of
+        first relearning the image (as residual-learning SR nets do), which is what makes CPU demos useful.
+        """
+        colors = self.head.in_channels
+        self.head.weight[:colors].zero_()
+        self.head.bias[:colors].zero_()
+        for c in range(colors):
+            self.head.weight[c, c, 1, 1] = 1.0
+        tail = self.tail[-1]
+        tail.weight.zero_()
+        tail.bias.zero_()
+        for c in range(colors):
+            tail.weight[c, self.n_feats + c, 1, 1] = 1.0
 
     def forward(self, lr: Tensor) -> list[Tensor]:
         x = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)

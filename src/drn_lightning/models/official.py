@@ -60,12 +60,13 @@ def build_drn(
     n_feats: int | None = None,
     n_blocks: int | None = None,
     dual: bool = True,
+    init: str = "default",
 ) -> tuple[DRN, nn.ModuleList | None]:
     """Primal and dual networks of a named variant; `n_feats`/`n_blocks` override the variant's sizes."""
     default_feats, default_blocks = variant_size(variant, scale)
     n_feats = default_feats if n_feats is None else int(n_feats)
     n_blocks = default_blocks if n_blocks is None else int(n_blocks)
-    primal = DRN(scale=scale, n_feats=n_feats, n_blocks=n_blocks)
+    primal = DRN(scale=scale, n_feats=n_feats, n_blocks=n_blocks, init=init)
     duals = build_duals(scale, n_feats) if dual else None
     return primal, duals
 

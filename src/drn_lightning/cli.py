@@ -1,0 +1,346 @@
+"""`drn-sr`: upscale images, export, convert and inspect DRN weights from the command line.
+
+Every expected failure (missing file, unreadable image, bad weights, unwritable folder, bad option)
+ends with one `error: ...` line on stderr naming the file or option and a non-zero exit, never a
+traceback; set DRN_SR_DEBUG=1 to get the traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # something could not be done (a file, the weights, the output folder)
+EXIT_USAGE = 2  # the command line itself is wrong (argparse uses 2 as well)
+OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}
+INPUT_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # same bound as drn_lightning.data.io.MAX_IMAGE_PIXELS
+
+
+class CliError(Exception):
+    """An expected failure: printed as one `error:` line, exit code attached."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _console(stderr: bool = False) -> Any:
+    """Rich console: status text goes to stdout, the progress bar to stderr (so stderr holds only errors when redirected)."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _one_line(err: BaseException) -> str:
+    """First line of an exception message (our errors already name the file), without a traceback."""
+    text = str(err).strip()
+    if isinstance(err, KeyError) or not text:
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text.splitlines()[0]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+# --- upscale --------------------------------------------------------------------------------------
+
+
+def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Expand folders to their image files (sorted, non-recursive); a missing path fails the whole run early."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise CliError(f"{path}: input does not exist")
+        if path.is_dir():
+            found = sorted(
+                p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in INPUT_SUFFIXES
+            )
+            if not found:
+                raise CliError(f"{path}: folder contains no images ({', '.join(sorted(INPUT_SUFFIXES))})")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def _prepare_output_dir(out: Path) -> None:
+    """Create the output folder and prove it is writable before any model work is spent."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".drn-sr-probe-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise CliError(f"{out}: output path exists and is not a folder (-o)") from None
+    except OSError as err:
+        raise CliError(f"{out}: cannot write to output folder (-o): {err.strerror or err}") from None
+
+
+def _output_names(files: Sequence[Path], scale: int, suffix: str) -> list[str]:
+    """`{stem}_x{scale}{suffix}`; inputs sharing a stem (a.png, a.jpg) keep their extension to stay distinct."""
+    stems: dict[str, int] = {}
+    for path in files:
+        stems[path.stem] = stems.get(path.stem, 0) + 1
+    names, seen = [], set()
+    for path in files:
+        base = path.stem if stems[path.stem] == 1 else f"{path.stem}-{path.suffix.lstrip('.').lower()}"
+        name, k = f"{base}_x{scale}{suffix}", 1
+        while name in seen:  # the same file given twice
+            k += 1
+            name = f"{base}-{k}_x{scale}{suffix}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def _save_image(array: Any, path: Path, fmt: str) -> None:
+    """Write atomically (temporary file, then rename) so an interrupted run leaves no half image."""
+    from PIL import Image
+
+    options: dict[str, Any] = {"jpg": {"quality": 95}, "webp": {"lossless": True}}.get(fmt, {})
+    pil_format = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[fmt]
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        Image.fromarray(array).save(tmp, format=pil_format, **options)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cmd_upscale(args: argparse.Namespace) -> int:
+    files = _collect_inputs(args.inputs)
+    out_dir = Path(args.output)
+    _prepare_output_dir(out_dir)
+
+    from drn_lightning.data.io import ImageReadError, read_image
+    from drn_lightning.inference import load_upscaler
+    from drn_lightning.models.official import load_weights
+
+    if args.dual_weights is not None:  # not needed to upscale, but a mismatched pair is worth an early error
+        load_weights(args.weights, args.dual_weights, scale=args.scale)
+    upscaler = load_upscaler(
+        args.weights,
+        device=args.device,
+        precision=args.precision,
+        scale=args.scale,
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        tile_passes=args.tile_passes,
+        self_ensemble=args.self_ensemble,
+    )
+    info = upscaler.info
+    console = _console()
+    console.print(
+        f"{info['variant']} x{info['scale']} from {args.weights} on {upscaler.device} ({upscaler.precision})"
+        + (f", tile {args.tile}+{args.tile_overlap}" if args.tile else "")
+        + (", self-ensemble" if args.self_ensemble else "")
+    )
+    names = _output_names(files, upscaler.scale, OUTPUT_FORMATS[args.format])
+    failures: list[tuple[Path, str]] = []
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    bar_console = _console(stderr=True)
+    with Progress(*columns, console=bar_console, transient=True, disable=not bar_console.is_terminal) as progress:
+        task = progress.add_task("upscaling", total=len(files))
+        for path, name in zip(files, names):
+            progress.update(task, description=f"upscaling {path.name}")
+            try:
+                image = read_image(path, max_pixels=args.max_pixels)
+                _save_image(upscaler(image), out_dir / name, args.format)
+            except (ImageReadError, OSError) as err:
+                message = _one_line(err)
+                if "decompression bomb" in message:  # point at the CLI option rather than the Python API
+                    message = message.split("; raise it with")[0] + "; raise the limit with --max-pixels N if the file is trusted"
+                failures.append((path, message))
+            except (RuntimeError, MemoryError) as err:  # out of memory and similar, per image
+                hint = " (try --tile 256)" if "memory" in str(err).lower() or isinstance(err, MemoryError) else ""
+                failures.append((path, f"{type(err).__name__}: {_one_line(err)}{hint}"))
+            progress.advance(task)
+    failures = [(p, m if str(p) in m else f"{p}: {m}") for p, m in failures]
+
+    done = len(files) - len(failures)
+    if not failures:
+        console.print(f"wrote {done} image{'s' if done != 1 else ''} to {out_dir}")
+        return EXIT_OK
+    if len(files) == 1:
+        raise CliError(failures[0][1])
+    lines = [f"error: {len(failures)} of {len(files)} images failed (wrote {done} to {out_dir}):"]
+    lines += [f"  {message}" for _, message in failures]
+    sys.stderr.write("\n".join(lines) + "\n")
+    return EXIT_FAILED
+
+
+# --- export / convert / info ----------------------------------------------------------------------
+
+
+def _describe(info: dict[str, Any]) -> str:
+    return f"{info['variant']} x{info['scale']} (n_feats={info['n_feats']}, n_blocks={info['n_blocks']})"
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from drn_lightning.export import export_model
+    from drn_lightning.models.official import load_weights
+
+    primal, _, info = load_weights(args.weights, scale=args.scale)
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise CliError(f"{out}: output folder {out.parent} does not exist (-o)")
+    report = export_model(primal, out, args.format, opset=args.opset)
+    what = f"{args.format}" + (f" opset {args.opset}" if args.format == "onnx" else "")
+    print(f"wrote {out} ({what}, {_describe(info)}; input lr (N, 3, H, W) float 0-255, output sr x{info['scale']})")
+    if report.verified:
+        sizes = ", ".join(f"{n}x3x{h}x{w}" for n, h, w in report.max_abs_diff)
+        print(f"verified against eager PyTorch at {sizes}: max |diff| = {report.worst:.2e} (0-1 scale)")
+    else:
+        print("not verified: onnxruntime is not installed (pip install 'drn-lightning[onnx]')")
+    return EXIT_OK
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from drn_lightning.models.official import load_weights, official_to_checkpoint, save_official
+
+    primal, duals, info = load_weights(args.input, args.dual)
+    n_duals = len(duals) if duals is not None else 0
+    print(f"found {_describe(info)} in {args.input}" + (f" with {n_duals} dual models" if n_duals else ", no dual models"))
+    out = Path(args.output)
+    try:
+        if out.suffix == ".ckpt":
+            if args.dual_out is not None:
+                raise CliError("--dual-out only applies when writing the authors' format (OUT not ending in .ckpt)", EXIT_USAGE)
+            official_to_checkpoint(primal, duals, info, out)
+            print(f"wrote {out} (Lightning checkpoint)")
+            return EXIT_OK
+        dual_out = Path(args.dual_out) if args.dual_out else out.with_name(f"{out.stem}_dual_model{out.suffix or '.pt'}")
+        save_official(primal, duals, out, dual_out if duals is not None else None)
+    except OSError as err:
+        raise CliError(f"{getattr(err, 'filename', None) or out}: cannot write ({err.strerror or err})") from None
+    print(f"wrote {out} (authors' primal)" + (f" and {dual_out} (authors' dual list)" if duals is not None else ""))
+    return EXIT_OK
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from drn_lightning.models.official import load_weights
+
+    primal, duals, info = load_weights(args.file, args.dual)
+    n_primal = sum(p.numel() for p in primal.parameters())
+    print(f"file:       {args.file}")
+    print(f"variant:    {info['variant']}")
+    print(f"scale:      x{info['scale']}")
+    print(f"n_feats:    {info['n_feats']}")
+    print(f"n_blocks:   {info['n_blocks']}")
+    print(f"parameters: {n_primal:,} (primal)")
+    if duals is not None:
+        n_dual = sum(p.numel() for p in duals.parameters())
+        print(f"duals:      {len(duals)} models, {n_dual:,} parameters")
+    return EXIT_OK
+
+
+# --- parser and entry point -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `drn-sr` argument parser (exposed so docs and tests can inspect the options)."""
+    from drn_lightning import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="drn-sr", description="Super-resolve images with DRN (Dual Regression Networks, CVPR 2020)."
+    )
+    parser.add_argument("--version", action="version", version=f"drn-sr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{upscale,export,convert,info}")
+
+    up = sub.add_parser("upscale", help="upscale image files and folders", description="Upscale images; writes {stem}_x{scale}.{format}.")
+    up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (PNG, JPEG, WebP, ...) or folders of them")
+    up.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if missing)")
+    up.add_argument("--weights", required=True, metavar="FILE", help="authors' .pt primal or our .ckpt")
+    up.add_argument("--dual-weights", metavar="FILE", help="authors' dual .pt; only checked against --weights")
+    up.add_argument("--scale", type=int, choices=(2, 4, 8), help="fail unless the weights upscale by this factor")
+    up.add_argument("--tile", type=_positive_int, metavar="N", help="process N x N LR tiles to bound memory (default: whole image)")
+    from drn_lightning.ops.tiling import DEFAULT_TILE_OVERLAP
+
+    up.add_argument("--tile-overlap", type=_non_negative_int, default=DEFAULT_TILE_OVERLAP, metavar="M", help="LR pixels of context around each tile (default: %(default)s)")
+    up.add_argument("--tile-passes", type=_positive_int, default=2, metavar="K", help="passes sharing channel-attention statistics across tiles; 1 is fastest, 2 (default) matches whole-image output closely")
+    up.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/transposes (8x slower, slightly higher PSNR)")
+    up.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N] (default: auto)")
+    up.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision; fp16 needs CUDA (default: fp32)")
+    up.add_argument("--format", default="png", choices=tuple(OUTPUT_FORMATS), help="output format (default: png; webp is lossless, jpg quality 95)")
+    up.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N", help="refuse input images with more pixels, e.g. decompression bombs (default: %(default)s)")
+    up.set_defaults(handler=_cmd_upscale)
+
+    ex = sub.add_parser("export", help="export the primal network to ONNX or TorchScript")
+    ex.add_argument("--weights", required=True, metavar="FILE", help="authors' .pt primal or our .ckpt")
+    ex.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    ex.add_argument("-o", "--output", required=True, metavar="OUT", help="output file")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset; >= 18 uses the torch.export-based exporter (default: 17)")
+    ex.add_argument("--scale", type=int, choices=(2, 4, 8), help="fail unless the weights upscale by this factor")
+    ex.set_defaults(handler=_cmd_export)
+
+    cv = sub.add_parser("convert", help="authors' .pt pair <-> our .ckpt")
+    cv.add_argument("input", metavar="IN", help="authors' primal .pt, or our .ckpt")
+    cv.add_argument("--dual", metavar="IN_DUAL", help="authors' dual .pt (when IN is the authors' primal)")
+    cv.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.ckpt writes our checkpoint; any other name writes the authors' primal")
+    cv.add_argument("--dual-out", metavar="FILE", help="authors' dual file (default: <OUT stem>_dual_model.pt next to OUT)")
+    cv.set_defaults(handler=_cmd_convert)
+
+    inf = sub.add_parser("info", help="print variant, scale and size of a weights file")
+    inf.add_argument("file", metavar="FILE", help="authors' .pt primal or our .ckpt")
+    inf.add_argument("--dual", metavar="FILE", help="authors' dual .pt to check and count as well")
+    inf.set_defaults(handler=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `drn-sr`; returns the exit code (0 ok, 1 failed, 2 bad command line)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except CliError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return err.code
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    except Exception as err:
+        if os.environ.get("DRN_SR_DEBUG"):
+            raise
+        if isinstance(err, (ValueError, OSError, RuntimeError, ImportError, MemoryError)):
+            # Our loaders and options raise with the file or option named; that line says it all.
+            sys.stderr.write(f"error: {_one_line(err)}\n")
+        else:
+            sys.stderr.write(f"error: {type(err).__name__}: {_one_line(err)} (set DRN_SR_DEBUG=1 for a traceback)\n")
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

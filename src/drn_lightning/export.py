@@ -1,0 +1,206 @@
+"""Export a DRN primal to ONNX or TorchScript with dynamic height/width, verified against eager PyTorch.
+
+Only the final (x`scale`) image is exported. Every export is checked at two input sizes that differ
+from the tracing example, because a tracer can silently bake one image size into the graph.
+
+ONNX: opset < 18 uses PyTorch's TorchScript-based exporter (`dynamo=False`, `dynamic_axes`); opset >= 18
+uses the `torch.export`-based exporter (`dynamo=True`, `dynamic_shapes`). With torch 2.13 the
+latter cannot down-convert DRN's graph to opset 17 (onnx's version converter fails on its Resize/Pad
+nodes), hence the split. TorchScript: `torch.jit.script` rejects DRN's integer `scale_factor`, so the
+model is traced and the trace is then verified at the other sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["EXPORT_FORMATS", "ExportError", "ExportReport", "FinalOutput", "export_model", "verify_export"]
+
+ExportFormat = Literal["onnx", "torchscript"]
+EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript")
+# Max |exported - eager| allowed, on a 0-1 intensity scale (1e-4 = 0.0255 gray levels of 255).
+DEFAULT_TOLERANCE = 1e-4
+# Tracing example and two verification sizes (N, H, W): odd, non-square, and a different batch.
+_EXAMPLE = (1, 24, 20)
+_VERIFY_SIZES = ((1, 17, 33), (2, 30, 23))
+
+
+class ExportError(RuntimeError):
+    """An export that failed or whose output does not match eager PyTorch; names the file."""
+
+
+class FinalOutput(nn.Module):
+    """Wrap a DRN so the exported graph returns only the final x`scale` image, not the coarse levels."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, lr: Tensor) -> Tensor:
+        out = self.model(lr)
+        if isinstance(out, (list, tuple)):
+            return out[-1]
+        return out
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """Where the model went and how far the exported outputs were from eager at each checked size."""
+
+    path: Path
+    format: str
+    opset: int | None
+    max_abs_diff: dict[tuple[int, int, int], float]  # (N, H, W) -> max |diff| on a 0-1 scale
+    verified: bool
+
+    @property
+    def worst(self) -> float:
+        """Largest difference over all checked sizes (0-1 scale); nan when not verified."""
+        return max(self.max_abs_diff.values()) if self.max_abs_diff else float("nan")
+
+
+def _example(n: int, h: int, w: int, seed: int) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, h, w, generator=gen) * 255.0
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' progress prints and deprecation chatter; errors still propagate."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping torchvision::nms"
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _export_onnx(wrapper: nn.Module, path: Path, opset: int) -> None:
+    example = _example(*_EXAMPLE, seed=0)
+    if opset < 18:
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["lr"],
+            output_names=["sr"],
+            dynamic_axes={"lr": {0: "batch", 2: "height", 3: "width"}, "sr": {0: "batch", 2: "out_height", 3: "out_width"}},
+        )
+        return
+    from torch.export import Dim
+
+    torch.onnx.export(
+        wrapper,
+        (example,),
+        str(path),
+        dynamo=True,
+        opset_version=opset,
+        input_names=["lr"],
+        output_names=["sr"],
+        dynamic_shapes={"lr": {0: Dim("batch"), 2: Dim("height"), 3: Dim("width")}},
+        verbose=False,
+    )
+
+
+def _onnx_runner(path: Path) -> Callable[[Tensor], Tensor]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(np.asarray(session.run(None, {name: x.numpy()})[0]))
+
+
+def verify_export(
+    wrapper: nn.Module, run: Callable[[Tensor], Tensor], sizes: tuple[tuple[int, int, int], ...] = _VERIFY_SIZES
+) -> dict[tuple[int, int, int], float]:
+    """Max |exported - eager| / 255 at each (N, H, W), so a size-specialised export is caught."""
+    diffs = {}
+    for i, (n, h, w) in enumerate(sizes):
+        x = _example(n, h, w, seed=1 + i)
+        with torch.inference_mode():
+            ref = wrapper(x)
+        out = run(x.clone())
+        if tuple(out.shape) != tuple(ref.shape):
+            diffs[(n, h, w)] = float("inf")
+            continue
+        diffs[(n, h, w)] = float((out.float() - ref.float()).abs().max()) / 255.0
+    return diffs
+
+
+def export_model(
+    primal: nn.Module,
+    path: str | os.PathLike[str],
+    format: ExportFormat | str = "onnx",
+    opset: int = 17,
+    *,
+    verify: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> ExportReport:
+    """Write the primal's final output as ONNX or TorchScript (dynamic N/H/W) and check it against eager.
+
+    Raises `ExportError` naming the file if the export fails or differs from eager by more than
+    `tolerance` (on a 0-1 scale) at either verification size. ONNX verification needs onnxruntime;
+    without it the file is written and `verified` is False.
+    """
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format={format!r} (--format) is unknown; choose one of {list(EXPORT_FORMATS)}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ExportError(f"{path}: output folder {path.parent} does not exist")
+    model = primal.to("cpu").eval()
+    wrapper = FinalOutput(model).eval()
+    try:
+        if format == "onnx":
+            with _quiet():
+                _export_onnx(wrapper, path, opset)
+            try:
+                run = _onnx_runner(path)
+            except ImportError:
+                run = None
+        else:
+            with _quiet(), torch.inference_mode():
+                traced = torch.jit.trace(wrapper, (_example(*_EXAMPLE, seed=0),), check_trace=False)
+            torch.jit.save(traced, str(path))
+            loaded = torch.jit.load(str(path), map_location="cpu")
+
+            def run(x: Tensor) -> Tensor:
+                with torch.inference_mode():
+                    return loaded(x)
+
+    except (OSError, RuntimeError, ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"{path}: {format} export failed ({type(err).__name__}: {first[:300]})") from err
+
+    diffs: dict[tuple[int, int, int], float] = {}
+    if verify and run is not None:
+        diffs = verify_export(wrapper, run)
+        bad = {size: d for size, d in diffs.items() if not d <= tolerance}
+        if bad:
+            raise ExportError(
+                f"{path}: exported {format} model differs from eager PyTorch by more than {tolerance:g} "
+                f"(0-1 scale) at (N, H, W) sizes {bad}; the export is not size-independent"
+            )
+    return ExportReport(
+        path=path,
+        format=format,
+        opset=opset if format == "onnx" else None,
+        max_abs_diff=diffs,
+        verified=bool(diffs),
+    )

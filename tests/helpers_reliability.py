@@ -1,0 +1,62 @@
+"""Test-only callbacks for tests/test_reliability.py, loaded by training subprocesses through
+``+callbacks.<name>._target_=helpers_reliability.<Class>`` with ``tests/`` on ``PYTHONPATH``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+
+class KillAtStep(pl.Callback):
+    """Sends ``signum`` (default SIGKILL) to this process when batch ``step`` starts, i.e. after ``step``
+    optimiser steps have completed (and after every checkpoint saved at those steps)."""
+
+    def __init__(self, step: int, signum: int = int(signal.SIGKILL)) -> None:
+        self.step = int(step)
+        self.signum = int(signum)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+class StepMarker(pl.Callback):
+    """Writes the global step to ``path`` after each batch and sleeps ``delay`` seconds, so a test can wait
+    for training to be under way and then signal the process while it is still training."""
+
+    def __init__(self, path: str, delay: float = 0.0) -> None:
+        self.path = Path(path)
+        self.delay = float(delay)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self.path.write_text(str(trainer.global_step))
+        if self.delay:
+            time.sleep(self.delay)
+
+
+class PoisonBatchAtStep(pl.Callback):
+    """Fills the HR images of batch ``step`` with ``value`` (NaN by default), so that one batch's loss is
+    non-finite while the weights stay finite: a corrupt sample, as far as training can tell."""
+
+    def __init__(self, step: int, value: float = float("nan")) -> None:
+        self.step = int(step)
+        self.value = float(value)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            batch["hr"].fill_(self.value)
+
+
+class Malicious:
+    """Unpickling this runs ``os.system`` (creating ``marker``); a safe loader must refuse it unexecuted."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))

@@ -1,0 +1,179 @@
+"""`drn-sr` command line: outputs, one-line errors with non-zero exits, convert round trip, info."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from drn_lightning.cli import main
+from drn_lightning.models import build_drn, load_official, save_official
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A random drn_tiny x2 pair in the authors' format."""
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    primal, duals = build_drn("drn_tiny", 2)
+    save_official(primal, duals, folder / "tiny2.pt", folder / "tiny2_dual.pt")
+    return folder / "tiny2.pt", folder / "tiny2_dual.pt"
+
+
+def write_image(path: Path, height: int = 12, width: int = 15, seed: int = 0) -> np.ndarray:
+    array = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(array).save(path)
+    return array
+
+
+def png_claiming(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height but holds no pixel data: a decompression-bomb header."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.strip()]
+
+
+def test_folder_with_a_corrupt_file_continues_and_reports_it(tmp_path: Path, weights, capsys) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    good = {name: write_image(src / name, seed=i) for i, name in enumerate(["a.png", "b.png"])}
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    code = main(["upscale", str(src), "-o", str(tmp_path / "out"), "--weights", str(weights[0])])
+    out, err = capsys.readouterr()
+    assert code != 0
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["a_x2.png", "b_x2.png"]
+    for name, array in good.items():
+        sr = np.asarray(Image.open(tmp_path / "out" / f"{Path(name).stem}_x2.png"))
+        assert sr.shape == (array.shape[0] * 2, array.shape[1] * 2, 3)
+    assert "1 of 3 images failed" in err and "broken.jpg" in err
+    assert "Traceback" not in err + out
+
+
+def test_upscaled_file_matches_the_python_api(tmp_path: Path, weights) -> None:
+    from drn_lightning.inference import upscale
+
+    array = write_image(tmp_path / "photo.png", 10, 13)
+    assert main(["upscale", str(tmp_path / "photo.png"), "-o", str(tmp_path / "o"), "--weights", str(weights[0]), "--scale", "2"]) == 0
+    saved = np.asarray(Image.open(tmp_path / "o" / "photo_x2.png"))
+    assert np.array_equal(saved, upscale(array, weights[0], device="cpu"))
+
+
+def test_formats_tiles_and_name_collisions(tmp_path: Path, weights) -> None:
+    write_image(tmp_path / "a.png", 20, 18)
+    write_image(tmp_path / "a.jpg", 20, 18, seed=1)
+    args = ["upscale", str(tmp_path / "a.png"), str(tmp_path / "a.jpg"), "-o", str(tmp_path / "o"), "--weights", str(weights[0])]
+    assert main([*args, "--tile", "8", "--tile-overlap", "4", "--format", "webp", "--self-ensemble"]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a-jpg_x2.webp", "a-png_x2.webp"]
+    assert Image.open(tmp_path / "o" / "a-png_x2.webp").size == (36, 40)
+
+
+@pytest.mark.parametrize(
+    ("make_args", "expected"),
+    [
+        (lambda t, w: ["upscale", str(t / "missing.png"), "-o", str(t / "o"), "--weights", str(w)], "missing.png: input does not exist"),
+        (lambda t, w: ["upscale", str(t / "ok.png"), "-o", str(t / "o"), "--weights", str(w), "--scale", "4"], "expected scale x4, found drn_tiny x2"),
+        (lambda t, w: ["upscale", str(t / "ok.png"), "-o", str(t / "o"), "--weights", str(t / "nope.pt")], "nope.pt: weights file not found"),
+        (lambda t, w: ["upscale", str(t / "bomb.png"), "-o", str(t / "o"), "--weights", str(w)], "possible decompression bomb"),
+        (lambda t, w: ["upscale", str(t / "ok.png"), "-o", str(t / "o"), "--weights", str(w), "--max-pixels", "100"], "over the limit of 100 pixels"),
+        (lambda t, w: ["upscale", str(t / "empty.png"), "-o", str(t / "o"), "--weights", str(w)], "empty.png: file is empty"),
+        (lambda t, w: ["upscale", str(t / "ok.png"), "-o", str(t / "ok.png") + "/sub", "--weights", str(w)], "cannot write to output folder"),
+        (lambda t, w: ["upscale", str(t / "ok.png"), "-o", str(t / "o"), "--weights", str(w), "--precision", "fp16", "--device", "cpu"], "--precision"),
+        (lambda t, w: ["info", str(t / "ok.png")], "ok.png"),
+    ],
+    ids=["missing-input", "scale-mismatch", "missing-weights", "bomb-header", "max-pixels", "empty-image", "output-under-a-file", "fp16-on-cpu", "info-not-weights"],
+)
+def test_expected_failures_print_one_line(tmp_path: Path, weights, capsys, make_args, expected: str) -> None:
+    write_image(tmp_path / "ok.png")
+    png_claiming(tmp_path / "bomb.png", 30000, 30000)
+    (tmp_path / "empty.png").write_bytes(b"")
+    code = main(make_args(tmp_path, weights[0]))
+    out, err = capsys.readouterr()
+    assert code != 0
+    lines = error_lines(err)
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and expected in lines[0]
+    assert "Traceback" not in err
+
+
+def test_unwritable_output_folder(tmp_path: Path, weights, capsys) -> None:
+    write_image(tmp_path / "ok.png")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: chmod 555 does not stop writes (the file-parent case covers this)")
+        code = main(["upscale", str(tmp_path / "ok.png"), "-o", str(locked), "--weights", str(weights[0])])
+    finally:
+        locked.chmod(0o755)
+    err = capsys.readouterr().err
+    assert code != 0 and error_lines(err) == [f"error: {locked}: cannot write to output folder (-o): Permission denied"]
+
+
+def test_console_script_runs_without_traceback(tmp_path: Path, weights) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "drn_lightning.cli", "upscale", str(tmp_path / "none.png"), "-o", str(tmp_path), "--weights", str(weights[0])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: {tmp_path / 'none.png'}: input does not exist"
+
+
+def test_convert_round_trip_is_bit_exact(tmp_path: Path, weights, capsys) -> None:
+    primal_pt, dual_pt = weights
+    ckpt = tmp_path / "model.ckpt"
+    assert main(["convert", str(primal_pt), "--dual", str(dual_pt), "-o", str(ckpt)]) == 0
+    assert "found drn_tiny x2" in capsys.readouterr().out
+    assert main(["convert", str(ckpt), "-o", str(tmp_path / "back.pt")]) == 0
+    assert (tmp_path / "back_dual_model.pt").is_file()
+    for original, back in ((primal_pt, tmp_path / "back.pt"), (dual_pt, tmp_path / "back_dual_model.pt")):
+        a = torch.load(original, weights_only=True)
+        b = torch.load(back, weights_only=True)
+        a_items = a.items() if isinstance(a, dict) else [(i, d) for i, d in enumerate(a)]
+        b_items = b.items() if isinstance(b, dict) else [(i, d) for i, d in enumerate(b)]
+        flat_a = {f"{k}": v for k, v in a_items}
+        flat_b = {f"{k}": v for k, v in b_items}
+        assert flat_a.keys() == flat_b.keys()
+        for key in flat_a:
+            va, vb = flat_a[key], flat_b[key]
+            if isinstance(va, dict):
+                assert list(va) == list(vb) and all(torch.equal(va[k], vb[k]) and va[k].dtype == vb[k].dtype for k in va)
+            else:
+                assert torch.equal(va, vb) and va.dtype == vb.dtype
+    primal, duals, info = load_official(tmp_path / "back.pt", tmp_path / "back_dual_model.pt")
+    assert info["variant"] == "drn_tiny" and info["scale"] == 2 and len(duals) == 1
+
+
+def test_info_prints_the_architecture(weights, capsys) -> None:
+    assert main(["info", str(weights[0]), "--dual", str(weights[1])]) == 0
+    out = capsys.readouterr().out
+    primal, duals = build_drn("drn_tiny", 2)
+    assert "variant:    drn_tiny" in out and "scale:      x2" in out
+    assert "n_feats:    8" in out and "n_blocks:   4" in out
+    assert f"{sum(p.numel() for p in primal.parameters()):,} (primal)" in out
+    assert f"{sum(p.numel() for p in duals.parameters()):,} parameters" in out
+
+
+def test_bad_option_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["upscale", "x.png", "-o", "o", "--weights", "w.pt", "--tile", "-3"])
+    assert exc.value.code == 2
+    assert "--tile" in capsys.readouterr().err

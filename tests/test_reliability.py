@@ -1,0 +1,643 @@
+"""Issue 7: what happens when things go wrong (kills, preemption, NaN, hostile files, bad config, disk).
+
+Fast tests work in-process; the ones that start `python -m drn_lightning.train` are marked slow
+(`pytest -m "reliability and slow"`). Training subprocesses share one demo-photo cache and use a tiny
+x2 DRN (4 features, 1 block), 16 px patches, batch 2, 3 steps per epoch, no validation.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from drn_lightning.config import ConfigError, validate_train_config
+from drn_lightning.data.io import ImageReadError, read_image
+from drn_lightning.models.official import CheckpointError
+from drn_lightning.reliability import (
+    SIGTERM_EXIT_CODE,
+    AtomicCheckpointIO,
+    CheckpointWriteError,
+    ExactResume,
+    capture_rng_state,
+    failure_message,
+    restore_rng_state,
+)
+
+pytestmark = pytest.mark.reliability
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+CONF = REPO / "conf"
+STEPS = 6  # two epochs of three steps
+
+# A run small enough to train in seconds on a shared CPU, deterministic, checkpointing every 2 steps.
+TINY = [
+    "scale=2",
+    "model.net.n_feats=4",
+    "model.net.n_blocks=1",
+    "data.patch_size=16",
+    "data.batch_size=2",
+    "data.steps_per_epoch=3",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    f"trainer.max_steps={STEPS}",
+    "trainer.deterministic=true",
+    "trainer.limit_val_batches=0",
+    "trainer.enable_model_summary=false",
+    "trainer.enable_progress_bar=false",
+    "test_after_fit=false",
+    "~callbacks.image_grid",
+    "~callbacks.progress_bar",
+    "~callbacks.lr_monitor",
+    "callbacks.model_checkpoint.monitor=null",
+    "callbacks.model_checkpoint.filename='step{step}'",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _env(cache: Path) -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
+    return {
+        **os.environ,
+        "PYTHONPATH": path,
+        "DRN_CACHE_DIR": str(cache),
+        "PYTHONUNBUFFERED": "1",
+        "HYDRA_FULL_ERROR": "0",
+        "WANDB_MODE": "offline",
+    }
+
+
+def _train_cmd(run_dir: Path, overrides: list[str], tiny: bool = True) -> list[str]:
+    return [sys.executable, "-m", "drn_lightning.train", *(TINY if tiny else []), f"hydra.run.dir={run_dir}", *overrides]
+
+
+def train(run_dir: Path, cache: Path, *overrides: str, tiny: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python -m drn_lightning.train` as a user runs it, with the tiny settings and outputs in `run_dir`."""
+    return subprocess.run(
+        _train_cmd(run_dir, list(overrides), tiny),
+        cwd=REPO,
+        env=_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A checkpoint read the way a resume reads it (AtomicCheckpointIO: weights_only=True)."""
+    return AtomicCheckpointIO().load_checkpoint(path)
+
+
+def assert_same_training_state(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Bit-identical weights, optimiser moments and scheduler, at the same step."""
+    assert a["global_step"] == b["global_step"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][key]), f"weights differ at {key}"
+    for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
+        for index, state in opt_a["state"].items():
+            for name, value in state.items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt_b["state"][index][name])), name
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+def newest_last(folder: Path) -> Path:
+    """The file `ckpt_path=last` resolves to: the newest `last*.ckpt`."""
+    return max(folder.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+
+
+def ckpt_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One demo-photo cache for every training subprocess of this module."""
+    return tmp_path_factory.mktemp("reliability_cache")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> dict[str, Any]:
+    """The uninterrupted run every interrupted one must match: STEPS steps, never stopped."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    result = train(run_dir, cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return load(run_dir / "checkpoints" / "last.ckpt")
+
+
+def _checkpoint(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    state = {"state_dict": {"w": torch.arange(4.0)}, "global_step": 3}
+    state.update(extra)
+    return state
+
+
+def _malicious_file(path: Path, marker: Path) -> Path:
+    from helpers_reliability import Malicious
+
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Malicious(str(marker))}, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- 1. kills
+
+
+def test_crash_mid_write_keeps_the_previous_last_ckpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    io = AtomicCheckpointIO()
+    last = tmp_path / "last.ckpt"
+    io.save_checkpoint(_checkpoint(tmp_path), last)
+    before = last.read_bytes()
+    real_save = torch.save
+
+    def half_then_die(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        real_save(obj, f, *args, **kwargs)
+        f.seek(0)
+        f.truncate(len(before) // 2)  # half a file on disk, then the "kill"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", half_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint(_checkpoint(tmp_path, global_step=4), last)
+    monkeypatch.undo()
+    assert last.read_bytes() == before
+    assert load(last)["global_step"] == 3
+    assert ckpt_files(tmp_path) == ["last.ckpt"]  # no partial *.ckpt, no temporary left behind
+
+
+@pytest.mark.slow
+def test_sigkill_mid_write_leaves_only_a_hidden_temporary(tmp_path: Path) -> None:
+    """A real SIGKILL while torch.save is writing: last.ckpt is untouched; the only debris is a hidden
+    `.last.ckpt.*.tmp` that `ckpt_path=last` never picks up, removed by the next successful save."""
+    io = AtomicCheckpointIO()
+    last = tmp_path / "last.ckpt"
+    io.save_checkpoint(_checkpoint(tmp_path), last)
+    before = last.read_bytes()
+    script = f"""
+import os, signal, torch
+from drn_lightning.reliability import AtomicCheckpointIO
+real = torch.save
+def die(obj, f, *a, **k):
+    f.write(b"PK" + b"0" * 1000)
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = die
+AtomicCheckpointIO().save_checkpoint({{"global_step": 4}}, {str(last)!r})
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == -signal.SIGKILL
+    assert last.read_bytes() == before
+    leftovers = [name for name in ckpt_files(tmp_path) if name != "last.ckpt"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".last.ckpt.") and leftovers[0].endswith(".tmp")
+    io.save_checkpoint(_checkpoint(tmp_path, global_step=5), last)
+    assert ckpt_files(tmp_path) == ["last.ckpt"] and load(last)["global_step"] == 5
+
+
+def test_rng_state_roundtrip_is_weights_only_loadable(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    np.random.seed(2)
+    state = capture_rng_state()
+    expected = (torch.rand(3), np.random.rand(3), __import__("random").random())
+    torch.save({"rng": state}, tmp_path / "rng.pt")
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert __import__("random").random() == expected[2]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(
+    tmp_path: Path, cache: Path, reference: dict[str, Any]
+) -> None:
+    run_dir = tmp_path / "run"
+    killed = train(run_dir, cache, "+callbacks.killer._target_=helpers_reliability.KillAtStep", "+callbacks.killer.step=3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    saved = load(last)
+    assert saved["global_step"] == 2  # saved every 2 steps; killed as step 4 began
+    progress = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+    assert progress["ready"] == 2 and saved["epoch"] == 0  # mid-epoch: 2 of 3 batches of epoch 0 drawn
+
+    control = tmp_path / "control"  # same checkpoint, resumed with Lightning's plain behaviour
+    (control / "checkpoints").mkdir(parents=True)
+    (control / "checkpoints" / "last.ckpt").write_bytes(last.read_bytes())
+
+    resumed = train(run_dir, cache, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "skipping the 2 batches of epoch 0" in resumed.stderr + resumed.stdout
+    assert_same_training_state(load(last), reference)
+
+    plain = train(control, cache, "ckpt_path=last", "~callbacks.exact_resume")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    replayed = load(newest_last(control / "checkpoints"))  # last-v1.ckpt: the copied file is not this run's
+    assert replayed["global_step"] == STEPS
+    assert any(not torch.equal(v, reference["state_dict"][k]) for k, v in replayed["state_dict"].items()), (
+        "without ExactResume Lightning replays the epoch from its first batch, so the weights must differ"
+    )
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits(
+    tmp_path: Path, cache: Path, reference: dict[str, Any]
+) -> None:
+    run_dir, marker = tmp_path / "run", tmp_path / "step"
+    proc = subprocess.Popen(
+        _train_cmd(
+            run_dir,
+            [
+                "+callbacks.marker._target_=helpers_reliability.StepMarker",
+                f"+callbacks.marker.path={marker}",
+                "+callbacks.marker.delay=2.0",
+            ],
+        ),
+        cwd=REPO,
+        env=_env(cache),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (marker.is_file() and marker.read_text().strip()):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "training never reached its first step"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)  # while step 1's on_train_batch_end sleeps
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    step = int(marker.read_text())
+    assert 1 <= step < STEPS
+    assert proc.returncode == SIGTERM_EXIT_CODE, stderr[-3000:]
+    assert f"SIGTERM: saved checkpoint at global step {step} to {run_dir / 'checkpoints' / 'last.ckpt'}" in stdout + stderr
+    assert error_lines(stderr) == [f"error: stopped by SIGTERM (preemption); resume with ckpt_path=last hydra.run.dir={run_dir}"]
+    saved = load(run_dir / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == step
+
+    resumed = train(run_dir, cache, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "last.ckpt" in ckpt_files(run_dir / "checkpoints") and "last-v1.ckpt" not in ckpt_files(run_dir / "checkpoints")
+    assert_same_training_state(load(run_dir / "checkpoints" / "last.ckpt"), reference)
+
+
+# ---------------------------------------------------------------------------------------------- 2. NaN / Inf
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_stops_naming_step_and_files_and_keeps_last_good_checkpoint(tmp_path: Path, cache: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = train(run_dir, cache, "+callbacks.poison._target_=helpers_reliability.PoisonBatchAtStep", "+callbacks.poison.step=3")
+    assert result.returncode == 1
+    (line,) = error_lines(result.stderr)
+    assert "non-finite loss (nan) at global step 3" in line
+    demo_files = {"astronaut.png", "rocket.png", "hubble_deep_field.png", "immunohistochemistry.png", "retina.png"}
+    named = set(line.split("batch files: ")[1].strip("[]").replace("'", "").split(", "))
+    assert len(named) == 2 and named <= demo_files
+    assert ckpt_files(run_dir / "checkpoints") == ["last.ckpt", "step2.ckpt"]
+    last = load(run_dir / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_skip_logs_and_continues(tmp_path: Path, cache: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = train(
+        run_dir,
+        cache,
+        "nonfinite_loss=skip",
+        "+callbacks.poison._target_=helpers_reliability.PoisonBatchAtStep",
+        "+callbacks.poison.step=3",
+        "+callbacks.poison.value=inf",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "skipping batch: non-finite loss (inf) at global step 3, batch files: [" in output
+    assert output.count("skipping batch") == 1
+    last = load(run_dir / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == STEPS
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+# ---------------------------------------------------------------------------------------------- 3. hostile files
+
+
+@pytest.mark.filterwarnings("ignore:Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+def test_malicious_checkpoint_is_refused_without_running_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+    marker = tmp_path / "pwned"
+    path = _malicious_file(tmp_path / "evil.ckpt", marker)
+    # Even when the environment asks torch for unsafe loads by default, ours stays weights_only=True.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(CheckpointError, match=r"evil\.ckpt: refused: .*nothing was executed"):
+        AtomicCheckpointIO().load_checkpoint(path)
+    assert not marker.exists()
+    # The file really is hostile: Lightning's stock loader under that setting runs it.
+    TorchCheckpointIO().load_checkpoint(path)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [("empty", "file is empty"), ("truncated", "not a readable PyTorch checkpoint"), ("text", "not a readable PyTorch checkpoint")],
+)
+def test_broken_checkpoint_gives_an_error_naming_the_file(tmp_path: Path, damage: str, reason: str) -> None:
+    path = tmp_path / "broken.ckpt"
+    AtomicCheckpointIO().save_checkpoint(_checkpoint(tmp_path), path)
+    data = path.read_bytes()
+    path.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "text": b"not a checkpoint\n"}[damage])
+    with pytest.raises(CheckpointError, match=rf"broken\.ckpt: {reason}"):
+        AtomicCheckpointIO().load_checkpoint(path)
+
+
+def test_checkpoints_hold_only_plain_containers(tmp_path: Path) -> None:
+    """Hydra configs reach the checkpoint as DictConfig (datamodule hparams); stored plain, they load safely."""
+    from pytorch_lightning.utilities.parsing import AttributeDict
+
+    hparams = AttributeDict(train=OmegaConf.create({"hr_dir": "/data", "augment": True}), val_sets=OmegaConf.create([{"demo": True}]))
+    path = tmp_path / "c.ckpt"
+    AtomicCheckpointIO().save_checkpoint(_checkpoint(tmp_path, datamodule_hyper_parameters=hparams), path)
+    loaded = load(path)
+    assert loaded["datamodule_hyper_parameters"] == {"train": {"hr_dir": "/data", "augment": True}, "val_sets": [{"demo": True}]}
+    assert type(loaded["datamodule_hyper_parameters"]["train"]) is dict
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def _png(path: Path, size: int = 64) -> Path:
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("kind", ["zero_byte", "truncated_png", "not_an_image", "decompression_bomb"])
+def test_broken_image_gives_an_error_naming_the_file(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / f"{kind}.png"
+    if kind == "zero_byte":
+        path.write_bytes(b"")
+    elif kind == "truncated_png":
+        data = _png(path).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "not_an_image":
+        path.write_text("<html>this is not a png</html>\n")
+    else:  # a 57-byte PNG whose header claims 30000 x 30000 pixels (900 Mpx, 2.7 GB decoded)
+        path.write_bytes(_bomb_png(30000, 30000))
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+    if kind == "decompression_bomb":
+        assert "decompression bomb" in str(info.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["zero_byte", "not_an_image", "decompression_bomb", "truncated_png"])
+def test_broken_training_image_stops_the_run_naming_the_file(tmp_path: Path, cache: Path, kind: str) -> None:
+    """A bad file among the training images: most fail when the dataset reads headers at start, a
+    truncated PNG when its pixels are first decoded mid-epoch; either way one error line names it."""
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    for name in ("a", "b"):
+        _png(hr / f"{name}.png")
+    bad = hr / "c.png"
+    if kind == "zero_byte":
+        bad.write_bytes(b"")
+    elif kind == "not_an_image":
+        bad.write_text("<html>this is not a png</html>\n")
+    elif kind == "decompression_bomb":
+        bad.write_bytes(_bomb_png(30000, 30000))
+    else:
+        data = _png(bad).read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+    data_overrides = [
+        "data=df2k",
+        f"data.train.hr_dir={hr}",
+        "data.train.lr_dir=null",
+        f"+data.train.lr_cache_dir={tmp_path / 'lr_cache'}",
+        "data.val_sets=[]",
+    ]
+    result = train(tmp_path / "run", cache, *TINY, *data_overrides, tiny=False)
+    assert result.returncode == 1, result.stderr[-3000:]
+    (line,) = error_lines(result.stderr)
+    assert str(bad) in line
+
+
+@pytest.mark.slow
+def test_malicious_resume_checkpoint_is_refused_at_start(tmp_path: Path, cache: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = _malicious_file(tmp_path / "evil.ckpt", marker)
+    run_dir = tmp_path / "run"
+    result = train(run_dir, tmp_path / "fresh_cache", f"ckpt_path={evil}")
+    assert result.returncode == 2
+    (line,) = error_lines(result.stderr)
+    assert line.startswith(f"error: ckpt_path: {evil}: refused") and "nothing was executed" in line
+    assert not marker.exists() and not (run_dir / "checkpoints").exists() and not (tmp_path / "fresh_cache").exists()
+
+    # `ckpt_path=last` picks the file up only when training starts: refused there, by the checkpoint loader.
+    (run_dir / "checkpoints").mkdir(parents=True)
+    planted = _malicious_file(run_dir / "checkpoints" / "last.ckpt", marker)
+    result = train(run_dir, cache, "ckpt_path=last")
+    assert result.returncode == 1
+    (line,) = error_lines(result.stderr)
+    assert line.startswith(f"error: {planted}: refused") and "nothing was executed" in line
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------- 4. configuration
+
+INVALID = [
+    (["scale=3"], "scale=3 is not supported; allowed: [2, 4, 8]"),
+    (["data=semi", "data.unpaired_ratio=1.0"], "data.unpaired_ratio=1.0 must be in [0, 1)"),
+    (["data.patch_size=30"], "data.patch_size=30 must be a positive multiple of scale=4"),
+    (["data=df2k", "paths.data_dir=/nonexistent"], "data.train.hr_dir='/nonexistent/DF2K/DF2K_train_HR': path does not exist"),
+    (["model.optimizer.lr=-0.001"], "model.optimizer.lr=-0.001 must be > 0"),
+    (["model=drn_s", "scale=2"], "model.net.variant='drn_s' is not defined at scale=2"),
+    (["nonfinite_loss=ignore"], "nonfinite_loss='ignore'; allowed: raise, skip"),
+    (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path='/nonexistent/last.ckpt': file not found"),
+]
+
+
+def _compose(overrides: list[str], tmp_path: Path) -> Any:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=[f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}", *overrides])
+
+
+@pytest.mark.parametrize(("overrides", "message"), INVALID)
+def test_invalid_option_is_rejected_before_anything_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: list[str], message: str
+) -> None:
+    import drn_lightning.train as entry
+
+    def must_not_build(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("built something before the config was validated")
+
+    monkeypatch.setattr(entry, "instantiate", must_not_build)
+    monkeypatch.setattr(entry, "build_module", must_not_build)
+    cfg = _compose(overrides, tmp_path)
+    with pytest.raises(ConfigError) as info:
+        entry.prepare(cfg)
+    assert message in str(info.value)
+
+
+def test_unwritable_checkpoint_folder_is_rejected_at_start(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    cfg = _compose([f"callbacks.model_checkpoint.dirpath={blocker}/checkpoints"], tmp_path)
+    with pytest.raises(ConfigError, match=rf"callbacks\.model_checkpoint\.dirpath='{blocker}/checkpoints': cannot write there: {blocker} is a file"):
+        validate_train_config(cfg)
+
+
+def test_hostile_weights_file_is_rejected_at_start(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = _malicious_file(tmp_path / "evil.pt", marker)
+    cfg = _compose([f"weights={evil}"], tmp_path)
+    with pytest.raises(ConfigError, match=rf"weights: {evil}: refused"):
+        validate_train_config(cfg)
+    assert not marker.exists()
+
+
+def test_unknown_key_is_rejected_and_plus_adds_it(tmp_path: Path) -> None:
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=r"(?s)Could not override 'foo'.*\+foo=1"):
+        _compose(["foo=1"], tmp_path)
+    assert _compose(["+foo=1"], tmp_path).foo == 1
+
+
+@pytest.mark.slow
+def test_entry_point_rejects_invalid_options_with_one_error_line_and_builds_nothing(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    cases = [(o, m) for o, m in INVALID] + [
+        ([f"callbacks.model_checkpoint.dirpath={blocker}/ckpt"], "callbacks.model_checkpoint.dirpath="),
+        (["foo=1"], None),  # Hydra's own message (no `error:` line): "Could not override 'foo'"
+        ([f"hydra.run.dir={blocker}/run"], None),  # Hydra cannot create the run folder
+    ]
+
+    def run(index: int) -> subprocess.CompletedProcess[str]:
+        overrides = cases[index][0]
+        run_dir = tmp_path / f"run{index}"
+        own_dir = [] if any(o.startswith("hydra.run.dir=") for o in overrides) else [f"hydra.run.dir={run_dir}"]
+        cmd = [sys.executable, "-m", "drn_lightning.train", *own_dir, *overrides]
+        return subprocess.run(cmd, cwd=REPO, env=_env(tmp_path / f"cache{index}"), capture_output=True, text=True, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(run, range(len(cases))))
+    for index, ((overrides, message), result) in enumerate(zip(cases, results, strict=True)):
+        context = f"{overrides}: rc={result.returncode}\n{result.stderr[-2000:]}"
+        assert result.returncode != 0, context
+        if message is not None:
+            assert result.returncode == 2, context
+            (line,) = error_lines(result.stderr)
+            assert message in line, context
+        elif overrides == ["foo=1"]:
+            assert "Could not override 'foo'" in result.stderr and "+foo=1" in result.stderr, context
+        else:
+            assert f"{blocker}/run" in result.stderr and "Not a directory" in result.stderr, context
+        assert not (tmp_path / f"cache{index}").exists(), context  # no demo photos / LR cache written
+        assert not (tmp_path / f"run{index}" / "checkpoints").exists(), context
+        assert not (tmp_path / f"run{index}" / "csv").exists(), context
+
+
+# ---------------------------------------------------------------------------------------------- 5. disk
+
+
+def test_full_disk_at_save_gives_a_clear_error_and_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    io = AtomicCheckpointIO()
+    last = tmp_path / "last.ckpt"
+    io.save_checkpoint(_checkpoint(tmp_path), last)
+    before = last.read_bytes()
+
+    def disk_full(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        f.write(b"PK\x03\x04" + b"\0" * 4096)  # some bytes made it, then the device filled up
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointWriteError) as info:
+        io.save_checkpoint(_checkpoint(tmp_path, global_step=4), last)
+    message = str(info.value)
+    assert str(last) in message and "No space left on device" in message and "MiB free" in message
+    assert "previous file at that path is kept" in message
+    assert info.value.errno == errno.ENOSPC
+    assert failure_message(info.value) == (message, 1)  # what the entry point prints after `error: `
+    monkeypatch.undo()
+    assert ckpt_files(tmp_path) == ["last.ckpt"] and last.read_bytes() == before
+
+    new = tmp_path / "step4.ckpt"  # a first save that fails leaves nothing at all
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointWriteError, match="no file was written"):
+        io.save_checkpoint(_checkpoint(tmp_path), new)
+    assert ckpt_files(tmp_path) == ["last.ckpt"]
+
+
+def test_resumed_sampler_skips_the_drawn_batches_then_passes_through() -> None:
+    """The first epoch after a resume yields batches k..n-1 of the sampler's epoch, restoring the RNG just
+    before the first one; later epochs are the sampler's own; Lightning's set_epoch still reaches it."""
+    from drn_lightning.data.samplers import MixedBatchSampler
+    from drn_lightning.reliability import _rebuild_loader, _ResumedBatchSampler
+    from lightning_fabric.utilities.data import _set_sampler_epoch
+
+    def sampler() -> MixedBatchSampler:
+        return MixedBatchSampler(n_paired=10, n_unpaired=0, batch_size=2, unpaired_ratio=0.0, num_batches=4, seed=0)
+
+    expected = sampler()
+    expected.set_epoch(1)
+    epoch1 = list(expected)
+    expected.set_epoch(2)
+    epoch2 = list(expected)
+
+    events: list[str] = []
+    original = torch.utils.data.DataLoader(list(range(10)), batch_sampler=sampler(), collate_fn=lambda items: items)
+    wrapped = _ResumedBatchSampler(original.batch_sampler, skip=3, epoch=1, on_first_batch=lambda: events.append("rng"))
+    loader = _rebuild_loader(original, wrapped)
+    assert len(loader) == 4 and loader.batch_sampler is wrapped
+    _set_sampler_epoch(loader, 1)
+    iterator = iter(loader)
+    assert events == []  # nothing restored until a batch is actually drawn
+    assert [next(iterator)] + list(iterator) == epoch1[3:] and events == ["rng"]
+    _set_sampler_epoch(loader, 2)
+    assert list(loader) == epoch2 and events == ["rng"]
+
+    stale = _ResumedBatchSampler(sampler(), skip=3, epoch=5, on_first_batch=lambda: None)  # sampler at epoch 0
+    assert len(list(stale)) == 4  # an epoch mismatch never drops batches
+
+
+def test_exact_resume_state_is_inert_without_a_trainer() -> None:
+    """The callback is in the default callbacks; outside a fit it stores nothing and wraps nothing."""
+    callback = ExactResume()
+    assert callback.state_dict() == {}
+    callback.load_state_dict({})
+    loader = torch.utils.data.DataLoader(list(range(4)), batch_size=2)
+    assert callback._resumable(loader) is loader
