@@ -167,16 +167,16 @@ class ReferenceTrainer:
     with `loss.item()` against the skip threshold every step, zero_grad on each optimiser, backward, step each.
     """
 
-    def __init__(self, primal: Any, duals: Any, lr: float = 1e-4) -> None:
+    def __init__(
+        self, primal: Any, duals: Any, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> None:
         import torch
 
         self.model = primal
         self.dual_models = list(duals)
         self.l1 = torch.nn.L1Loss()
-        self.optimizer = torch.optim.Adam(primal.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
-        self.dual_optimizers = [
-            torch.optim.Adam(d.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8) for d in self.dual_models
-        ]
+        self.optimizer = torch.optim.Adam(primal.parameters(), lr=lr, betas=betas, eps=eps)
+        self.dual_optimizers = [torch.optim.Adam(d.parameters(), lr=lr, betas=betas, eps=eps) for d in self.dual_models]
         self.error_last = 1e8
         self.model.train()
         for d in self.dual_models:
@@ -205,10 +205,20 @@ class ReferenceTrainer:
         return value
 
 
-def reference_losses(primal: Any, duals: Any, batch: dict[str, Any], steps: int = 2) -> list[float]:
+def reference_losses(
+    primal: Any, duals: Any, batch: dict[str, Any], steps: int = 2, **adam: Any
+) -> list[float]:
     """Losses of the reference trainer over `steps` steps on one batch (step 0: initial weights)."""
-    trainer = ReferenceTrainer(primal, duals)
+    trainer = ReferenceTrainer(primal, duals, **adam)
     return [trainer.step(batch["lr"], batch["hr"]) for _ in range(steps)]
+
+
+def config_adam(variant: str, scale: int) -> dict[str, Any]:
+    """lr/betas/eps of our config for a variant, so the reference optimises with the same hyper-parameters."""
+    with tempfile.TemporaryDirectory(prefix="drn_bench_") as workdir:
+        cfg = compose_train_config([f"model={variant}", f"scale={scale}"], workdir, workdir)
+    opt = cfg.model.optimizer
+    return {"lr": float(opt.lr), "betas": tuple(float(b) for b in opt.betas), "eps": float(opt.eps)}
 
 
 def compose_train_config(overrides: list[str], output_dir: str, cache_dir: str) -> Any:
@@ -232,7 +242,7 @@ def ours_overrides(variant: str, scale: int, steps: int, device: str) -> list[st
         f"model={variant}",
         f"scale={scale}",
         f"trainer={'gpu' if device.startswith('cuda') else 'cpu'}",
-        "logger=null",
+        "~logger",
         "callbacks=none",
         f"trainer.max_steps={steps}",
         "trainer.max_epochs=1",
@@ -276,8 +286,21 @@ def lightning_losses(
     trainer.callbacks.append(recorder)
     if timer is not None:
         trainer.callbacks.append(timer)
-    trainer.fit(module, train_dataloaders=[batch] * steps)
+    trainer.fit(module, train_dataloaders=FixedBatches(batch, steps))
     return recorder.losses, module
+
+
+class FixedBatches:
+    """An iterable of the same batch `steps` times: Lightning fetches it like a loader, at no data cost."""
+
+    def __init__(self, batch: dict[str, Any], steps: int) -> None:
+        self.batch, self.steps = batch, steps
+
+    def __iter__(self) -> Any:
+        return (self.batch for _ in range(self.steps))
+
+    def __len__(self) -> int:
+        return self.steps
 
 
 def relative_difference(a: float, b: float) -> float:
@@ -310,7 +333,7 @@ def case_peak(p: dict[str, Any]) -> dict[str, Any]:
 
     matmul_s = best(lambda: torch.mm(a, b), reps)
     out: dict[str, Any] = {"matmul_n": n, "matmul_gflops": 2 * n**3 / matmul_s / 1e9}
-    batch, ch, hw = p["conv_shape"]
+    batch, ch, hw, _ = p["conv_shape"]
     flops = 2 * batch * ch * ch * 9 * hw * hw
     for fmt_name, fmt in (("channels_last", torch.channels_last), ("contiguous", torch.contiguous_format)):
         conv = torch.nn.Conv2d(ch, ch, 3, padding=1).to(device, memory_format=fmt)
@@ -377,7 +400,8 @@ def case_train_ref(p: dict[str, Any]) -> dict[str, Any]:
     primal, duals = make_networks(variant, scale)
     primal.to(device)
     duals.to(device)
-    trainer = ReferenceTrainer(primal, duals)
+    adam = config_adam(variant, scale)
+    trainer = ReferenceTrainer(primal, duals, **adam)
     starts, ends, losses = [], [], []
     for _ in range(p["warmup"] + p["steps"]):
         sync(device)
@@ -386,7 +410,7 @@ def case_train_ref(p: dict[str, Any]) -> dict[str, Any]:
         sync(device)
         ends.append(time.perf_counter())
     out = _step_stats(starts, ends, p["warmup"], p["batch"])
-    out.update(losses=losses[:2], peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads())
+    out.update(losses=losses[:2], peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads(), adam=adam)
     out.update(count_step_flops(primal, duals, batch))
     return out
 
@@ -530,7 +554,7 @@ def case_data(p: dict[str, Any]) -> dict[str, Any]:
     total = p["warmup"] + p["batches"]
     dm = DemoDataModule(
         scale=p["scale"], patch_size=p["patch_size"], batch_size=p["batch"], steps_per_epoch=total + 1,
-        demo_root=str(Path(p["workdir"]) / "demo"), **kwargs,
+        **kwargs,  # demo photos in the default cache folder, as `make train` uses them
     )
     t_setup = time.perf_counter()
     dm.prepare_data()
@@ -667,9 +691,10 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             "variants": {},
             "targets": TARGETS,
         }
+        sections = set(args.sections.split(","))
         peak = run("peak", "peak: matmul + 64-ch 3x3 conv", {
             "matmul_n": sizes["matmul_n"], "conv_shape": sizes["conv_shape"], "reps": sizes["peak_reps"],
-        })
+        }) if "peak" in sections else None
         report["peak"] = peak
         conv_peak = peak["conv_gflops"] if peak else None
 
@@ -677,11 +702,13 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             name = f"{variant}_x{scale}"
             common = {"variant": variant, "scale": scale, "lr_size": sizes["lr_size"], "batch": sizes["batch"],
                       "warmup": sizes["warmup"], "steps": sizes["steps"]}
-            ref = run("train_ref", f"{name}: train step, reference (authors' loop)", common)
-            ours = run("train_ours", f"{name}: train step, ours (Lightning Trainer.fit)",
-                       {**common, "overrides": args.ours_override})
-            infer = {}
-            for impl in ("ref", "ours"):
+            ref = ours = None
+            if "train" in sections:
+                ref = run("train_ref", f"{name}: train step, reference (authors' loop)", common)
+                ours = run("train_ours", f"{name}: train step, ours (Lightning Trainer.fit)",
+                           {**common, "overrides": args.ours_override})
+            infer: dict[str, Any] = {"ref": None, "ours": None}
+            for impl in ("ref", "ours") if "infer" in sections else ():
                 infer[impl] = run("infer", f"{name}: inference {sizes['infer_size']}px x{scale}, {impl}", {
                     "variant": variant, "scale": scale, "size": sizes["infer_size"], "impl": impl,
                     "warmup": sizes["infer_warmup"], "reps": sizes["infer_reps"],
@@ -713,9 +740,12 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         big_variant, big_scale = sizes["big_variant"]
         big_common = {"variant": big_variant, "scale": big_scale, "size": sizes["big_size"],
                       "tile_overlap": sizes["tile_overlap"], "tile_passes": args.tile_passes}
-        whole = run("upscale", f"{big_variant}_x{big_scale}: {sizes['big_size']}px whole image", {**big_common, "tile": None})
-        tiled = run("upscale", f"{big_variant}_x{big_scale}: {sizes['big_size']}px tiled ({sizes['tile']})",
-                    {**big_common, "tile": sizes["tile"]})
+        whole = tiled = None
+        if "upscale" in sections:
+            whole = run("upscale", f"{big_variant}_x{big_scale}: {sizes['big_size']}px whole image",
+                        {**big_common, "tile": None})
+            tiled = run("upscale", f"{big_variant}_x{big_scale}: {sizes['big_size']}px tiled ({sizes['tile']})",
+                        {**big_common, "tile": sizes["tile"]})
         report["upscale"] = {"whole": whole, "tiled": tiled, "variant": f"{big_variant}_x{big_scale}",
                              "size": sizes["big_size"]}
 
@@ -723,7 +753,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         data = run("data", f"data: DemoDataModule x{data_scale}, patch {sizes['data_patch']}, batch {sizes['data_batch']}", {
             "scale": data_scale, "patch_size": sizes["data_patch"], "batch": sizes["data_batch"],
             "batches": sizes["data_batches"], "warmup": sizes["data_warmup"], "num_workers": sizes["data_workers"],
-        })
+        }) if "data" in sections else None
         report["data"] = data
         report["case_log"] = run.log
 
@@ -773,7 +803,7 @@ def print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     peak = report.get("peak") or {}
     console.print(
         f"[bold]device[/bold]: {report['device']}  torch {report['torch']}  threads {report['threads']}  "
@@ -859,6 +889,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile-passes", type=int, default=2, help="Upscaler tile passes (2 = its default)")
     parser.add_argument("--ours-override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra Hydra override for our training case (repeatable), e.g. compile=true")
+    parser.add_argument("--sections", default="peak,train,infer,upscale,data",
+                        help="which parts to run (default: all, %(default)s)")
     parser.add_argument("--case-timeout", type=float, default=1800.0)
     parser.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
@@ -868,6 +900,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.case:
         run_child(args.case, args.params, args.result)
         return 0
+    if args.quick and args.threads is None:
+        args.threads = 1  # quick mode checks plumbing, not speed: one thread is immune to OpenMP stalls on busy hosts
     if args.device == "auto":
         import torch
 

@@ -5,9 +5,10 @@ from the tracing example, because a tracer can silently bake one image size into
 
 ONNX: opset < 18 uses PyTorch's TorchScript-based exporter (`dynamo=False`, `dynamic_axes`); opset >= 18
 uses the `torch.export`-based exporter (`dynamo=True`, `dynamic_shapes`). With torch 2.13 the
-latter cannot down-convert DRN's graph to opset 17 (onnx's version converter fails on its Resize/Pad
-nodes), hence the split. TorchScript: `torch.jit.script` rejects DRN's integer `scale_factor`, so the
-model is traced and the trace is then verified at the other sizes.
+latter cannot down-convert DRN's graph to opset 17 (onnx's version converter fails in
+`axes_input_to_attribute`: "No initializer or constant input to node found"), hence the split.
+TorchScript: `torch.jit.script` rejects DRN's integer `scale_factor`, so the model is traced and the
+trace is then verified at the other sizes.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from drn_lightning.data.io import ImageReadError
 from drn_lightning.lit_module import NonFiniteLossError
-from drn_lightning.models.official import CheckpointError
+from drn_lightning.models.official import CheckpointError, safe_load
 
 __all__ = [
     "RUN_FAILURES",
@@ -152,25 +152,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def read_torch_file(path: str | os.PathLike[str]) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name the file and say
-    whether it was refused (it references code or objects other than tensors and plain containers;
-    nothing in it ran) or is simply unreadable (empty, truncated, not a PyTorch file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint file not found")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: file is empty (0 bytes)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ... depending on the damage
-        text = str(err)
-        if "Unsupported global" in text or "GLOBAL" in text:
-            reason = "refused: it references code or objects other than tensors and plain containers; nothing was executed"
-        else:
-            detail = next((line.strip() for line in text.splitlines() if "Unsupported operand" in line), "")
-            detail = detail or (text.splitlines()[0] if text else type(err).__name__)
-            reason = f"not a readable PyTorch checkpoint, truncated or corrupt ({type(err).__name__}: {detail[:200]})"
-        raise CheckpointError(f"{path}: {reason}") from None
+    """Checkpoints are read like weights files: `weights_only=True`, errors naming the file and the reason."""
+    return safe_load(path)
 
 
 def _umask_file_mode() -> int:

@@ -76,20 +76,23 @@ def _describe(info: Mapping[str, Any]) -> str:
 
 
 def safe_load(path: str | os.PathLike[str]) -> Any:
-    """`torch.load` restricted to tensors and plain containers, with errors that name the file."""
+    """`torch.load` restricted to tensors and plain containers, with errors that name the file and say whether
+    it was refused (it references code or other objects; nothing in it ran) or is simply unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found")
+        raise FileNotFoundError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty (0 bytes)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
-        text = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if "Weights only load failed" in str(err) or "Unsupported global" in str(err):
-            reason = "refused: it contains pickled objects other than tensors (possibly code); nothing was executed"
+    except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ... depending on the damage
+        text = str(err)
+        if "Unsupported global" in text or "GLOBAL" in text:
+            reason = "refused: it references code or objects other than tensors and plain containers; nothing was executed"
         else:
-            reason = f"not a readable PyTorch weights file ({type(err).__name__}: {text[:200]})"
+            detail = next((line.strip() for line in text.splitlines() if "Unsupported operand" in line), "")
+            detail = detail or (text.splitlines()[0] if text else type(err).__name__)
+            reason = f"not a readable PyTorch file, truncated or corrupt ({type(err).__name__}: {detail[:200]})"
         raise CheckpointError(f"{path}: {reason}") from None
 
 
