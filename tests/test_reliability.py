@@ -362,7 +362,7 @@ def test_malicious_checkpoint_is_refused_without_running_it(tmp_path: Path, monk
 
 @pytest.mark.parametrize(
     ("damage", "reason"),
-    [("empty", "file is empty"), ("truncated", "not a readable PyTorch file"), ("text", "not a readable PyTorch checkpoint")],
+    [("empty", "file is empty"), ("truncated", "not a readable PyTorch file"), ("text", "not a readable PyTorch file")],
 )
 def test_broken_checkpoint_gives_an_error_naming_the_file(tmp_path: Path, damage: str, reason: str) -> None:
     path = tmp_path / "broken.ckpt"
