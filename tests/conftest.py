@@ -65,3 +65,24 @@ def run_module(module: str, args: list[str], cwd: Path, timeout: float = 600, en
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
     )
+
+
+def execute_notebook(path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, env: dict | None = None):
+    """Run a notebook top to bottom in this interpreter (a private kernelspec found first) and return it."""
+    import json
+
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    spec_dir = workdir / "jupyter" / "kernels" / "drn-test"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "drn-lightning test", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(workdir / "jupyter"))
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(nb, kernel_name="drn-test", timeout=600, resources={"metadata": {"path": str(workdir)}}).execute()
+    return nb

@@ -317,7 +317,8 @@ def test_peak_rss_helper_reports_a_child_process_peak() -> None:
 
 @pytest.mark.slow
 def test_tiled_drn_s_x4_uses_less_memory_than_whole_image() -> None:
-    tiled = upscale_peak_rss("drn_s", 4, size=(256, 256), tile=64, tile_passes=1)
-    whole = upscale_peak_rss("drn_s", 4, size=(256, 256), tile=None)
+    # Measured on a 2-core CPU: tiled ~413 MiB, whole ~573 MiB peak (interpreter + torch ~273 MiB).
+    tiled = upscale_peak_rss("drn_s", 4, size=(128, 128), tile=64, tile_passes=1)
+    whole = upscale_peak_rss("drn_s", 4, size=(128, 128), tile=None)
     assert tiled.peak_bytes < 2 * 2**30
     assert tiled.peak_bytes < whole.peak_bytes

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_TRAIN, compose_train, run_module
+from conftest import REPO_ROOT, TINY_TRAIN, compose_train, execute_notebook, run_module
 from hydra.utils import instantiate
 
 from drn_lightning.config import ConfigError, validate_train_config
@@ -195,13 +195,15 @@ def test_ddp_two_cpu_processes(tmp_path: Path, demo_cache: Path) -> None:
 
 
 @pytest.mark.slow
-def test_multirun_over_rho_and_report(tmp_path: Path, demo_cache: Path) -> None:
+def test_multirun_over_rho_report_wandb_group_and_notebook(
+    tmp_path: Path, demo_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sweep_dir = tmp_path / "sweep"
     result = run_module(
         "drn_lightning.train",
         ["-m", "data=semi", "data.unpaired_ratio=0,0.5", *[o for o in TINY_TRAIN if o != "test_after_fit=false"],
-         "eval_extra_sets=[]", f"hydra.sweep.dir={sweep_dir}", f"paths.cache_dir={demo_cache}"],
-        cwd=REPO_ROOT,
+         "logger=many", "eval_extra_sets=[]", f"hydra.sweep.dir={sweep_dir}", f"paths.cache_dir={demo_cache}"],
+        cwd=REPO_ROOT, env={"HOME": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
@@ -214,6 +216,23 @@ def test_multirun_over_rho_and_report(tmp_path: Path, demo_cache: Path) -> None:
         assert row["demo/psnr"] == pytest.approx(evaluation["demo"]["model"]["psnr"])
     png = sweep_dir / "psnr_vs_unpaired_ratio.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Both W&B runs of the sweep carry the sweep directory as their group.
+    groups = set()
+    for job in ("0", "1"):
+        (run_file,) = (sweep_dir / job / "wandb").glob("offline-run-*/run-*.wandb")
+        groups |= {r.run.run_group for r in read_wandb_records(run_file) if r.WhichOneof("record_type") == "run"}
+    assert groups == {str(sweep_dir)}
+    # The analysis notebook runs on this sweep and draws both the rho plot and the training curves.
+    nb = execute_notebook(REPO_ROOT / "notebooks" / "sweep_analysis.ipynb", tmp_path, monkeypatch,
+                          {"DRN_MULTIRUN": str(sweep_dir)})
+    figures = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(figures) == 2
+    assert any("2 runs with curves" in o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_sweep_notebook_is_stored_without_outputs() -> None:
+    nb = json.loads((REPO_ROOT / "notebooks" / "sweep_analysis.ipynb").read_text())
+    assert all(c["outputs"] == [] and c["execution_count"] is None for c in nb["cells"] if c["cell_type"] == "code")
 
 
 def read_wandb_records(path: Path) -> list:

@@ -135,6 +135,20 @@ def _print_comparison(report: dict[str, Any], scale: int, model_name: str) -> No
     Console().print(table)
 
 
+def _finish_wandb(trainer: pl.Trainer, report: dict[str, Any]) -> None:
+    """Put the final scores in the W&B summary and close the run, so the next job of a multirun gets its own."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            summary = {
+                f"eval/{name}/{who}_{metric}": value
+                for name, row in report.items()
+                for who in ("model", "bicubic")
+                for metric, value in row[who].items()
+            }
+            logger.experiment.summary.update(summary)
+            logger.experiment.finish()
+
+
 def prepare(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
     """Everything that can fail on user input, before any data is read or any step is taken."""
     validate_train_config(cfg)
@@ -161,6 +175,7 @@ def train(cfg: DictConfig, datamodule: Any, module: pl.LightningModule, trainer:
         from drn_lightning.eval import write_json
 
         write_json({k: v for k, v in metrics.items() if k != "eval"}, run_dir / "metrics.json")
+        _finish_wandb(trainer, metrics.get("eval", {}))
         print(f"trained {trainer.global_step} steps in {elapsed / 60:.1f} min")
         print(f"run directory: {run_dir.resolve()}")
     return metrics
