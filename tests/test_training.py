@@ -281,3 +281,54 @@ def test_wandb_runs_offline_and_logs_config_losses_and_metrics(tmp_path: Path, d
     }
     assert {"train/loss", "train/dual", "val/psnr", "val/demo/psnr", "val/demo/ssim"} <= history
     assert any(k.startswith("val/images") for k in history)
+
+
+def test_slurm_launcher_composes(tmp_path: Path, demo_cache: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
+                                          "trainer.num_nodes=2"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert "submitit" in launcher._target_.lower() and "Slurm" in launcher._target_
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+
+
+def _real_lr_folder(folder: Path) -> Path:
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir()
+    Image.fromarray(data.coffee()[::3, ::3]).save(folder / "real_a.jpg")
+    Image.fromarray(data.chelsea()[::2, ::2]).save(folder / "real_b.png")
+    return folder
+
+
+def test_adapt_real_finetunes_pretrained_weights_on_unpaired_real_lr(tmp_path: Path, demo_cache: Path) -> None:
+    from drn_lightning.models import build_drn, official_to_checkpoint
+
+    torch.manual_seed(3)
+    pretrained, pretrained_duals = build_drn("drn_tiny", 4)
+    weights = tmp_path / "pretrained.ckpt"
+    official_to_checkpoint(pretrained, pretrained_duals, {"variant": "drn_tiny", "scale": 4, "n_feats": 8, "n_blocks": 4},
+                           weights)
+    real = _real_lr_folder(tmp_path / "real")
+    overrides = ["experiment=adapt_real", f"weights={weights}", f"real_lr_dir={real}", *TINY_TRAIN,
+                 "data.batch_size=10", "data.patch_size=32"]
+    cfg = compose_train(overrides, tmp_path / "run", demo_cache)
+    assert cfg.model.optimizer.lr == 1e-5
+    datamodule, module, _ = prepare(cfg)
+    for ours, theirs in zip(module.primal.state_dict().values(), pretrained.state_dict().values()):
+        assert torch.equal(ours, theirs)
+    assert module.semi_supervised
+    batch = _fixed_batch(datamodule)
+    assert int((~batch["paired"]).sum()) == 3  # rho 0.3 of a batch of 10
+    assert set(batch["name"][i] for i in range(10) if not batch["paired"][i]) <= {"real_a.jpg", "real_b.png"}
+    assert module.training_step(batch, 0).isfinite()
+
+
+def test_adapt_real_without_a_folder_names_the_option(tmp_path: Path, demo_cache: Path) -> None:
+    cfg = compose_train(["experiment=adapt_real"], tmp_path, demo_cache)
+    with pytest.raises(ConfigError, match="real_lr_dir"):
+        validate_train_config(cfg)

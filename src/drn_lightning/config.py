@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 from drn_lightning.models.drn import SUPPORTED_SCALES
 from drn_lightning.models.official import VARIANTS, CheckpointError
@@ -39,6 +40,15 @@ def _require(condition: bool, message: str) -> None:
 
 def validate_train_config(cfg: DictConfig) -> None:
     """Reject invalid scale, model, ratio, patch, path, trainer and loss options, naming each."""
+    try:
+        missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+        _require(not missing, f"missing required option(s): {', '.join(f'{k}=...' for k in missing)}")
+        _validate(cfg)
+    except (MissingMandatoryValue, InterpolationToMissingValueError) as err:
+        raise ConfigError(f"missing required option: {err.msg.splitlines()[0]} (needed by {err.full_key})") from None
+
+
+def _validate(cfg: DictConfig) -> None:
     scale = cfg.get("scale")
     _require(scale in SUPPORTED_SCALES, f"scale={scale!r} is not supported; allowed: {list(SUPPORTED_SCALES)}")
     model = cfg.model

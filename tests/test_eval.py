@@ -1,0 +1,131 @@
+"""`python -m drn_lightning.eval`: the command shape outside tools use, its JSON, and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import BENCHMARKS_DIR, REPO_ROOT, run_module
+from PIL import Image
+
+from drn_lightning.eval import bicubic_upscaler, evaluate, model_upscaler
+from drn_lightning.metrics import psnr_y
+from drn_lightning.models import build_drn, official_to_checkpoint
+from drn_lightning.ops.imresize import imresize
+
+
+def _photo_set(root: Path, name: str = "Photos") -> Path:
+    """A tiny benchmark folder of real photos (HR only, odd sizes so mod-cropping matters)."""
+    from skimage import data
+
+    folder = root / name
+    folder.mkdir(parents=True)
+    Image.fromarray(data.chelsea()[:101, :143]).save(folder / "chelsea.png")
+    Image.fromarray(data.coffee()[50:163, 100:205]).save(folder / "coffee.png")
+    return root
+
+
+def test_bicubic_scores_equal_a_hand_made_pipeline(tmp_path: Path) -> None:
+    from drn_lightning.data.datasets import BenchmarkDataset
+
+    root = _photo_set(tmp_path)
+    dataset = BenchmarkDataset(root, "Photos", 4)
+    scores = evaluate(bicubic_upscaler(4), {"Photos": dataset}, 4, round_y=True)["Photos"]
+    expected = []
+    for path in sorted((root / "Photos").glob("*.png")):
+        hr = torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1)[None]
+        hr = hr[..., : hr.shape[-2] // 4 * 4, : hr.shape[-1] // 4 * 4]
+        lr = imresize(hr, scale=0.25)  # uint8 in, uint8 out, as stored LR files are
+        expected.append(psnr_y(imresize(lr.float(), scale=4), hr.float(), 4, round_y=True).item())
+    assert scores["images"] == 2
+    assert scores["psnr"] == pytest.approx(sum(expected) / 2, abs=1e-6)
+
+
+def test_eval_command_writes_the_json_shape(tmp_path: Path) -> None:
+    root = _photo_set(tmp_path / "bench")
+    out = tmp_path / "out.json"
+    result = run_module(
+        "drn_lightning.eval",
+        ["model=bicubic", "scale=4", "data=benchmark", f"data.root={root}", "data.sets=[Photos]",
+         f"results_json={out}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(out.read_text())
+    assert set(payload) == {"Photos"}
+    assert set(payload["Photos"]) == {"psnr", "ssim", "images"}
+    assert payload["Photos"]["images"] == 2 and 20 < payload["Photos"]["psnr"] < 40
+    assert "Photos" in result.stdout and "PSNR" in result.stdout
+
+
+def test_eval_with_our_checkpoint_matches_in_process_scores(tmp_path: Path) -> None:
+    root = _photo_set(tmp_path / "bench")
+    torch.manual_seed(0)
+    primal, duals = build_drn("drn_tiny", 4, init="identity")
+    ckpt = tmp_path / "tiny.ckpt"
+    official_to_checkpoint(primal, duals, {"variant": "drn_tiny", "scale": 4, "n_feats": 8, "n_blocks": 4}, ckpt)
+    out = tmp_path / "model.json"
+    result = run_module(
+        "drn_lightning.eval",
+        ["model=drn_tiny", "scale=4", f"weights={ckpt}", f"data.root={root}", "data.sets=[Photos]",
+         f"results_json={out}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    from drn_lightning.data.datasets import BenchmarkDataset
+
+    expected = evaluate(model_upscaler(primal.eval()), {"Photos": BenchmarkDataset(root, "Photos", 4)}, 4, round_y=True)
+    assert json.loads(out.read_text())["Photos"]["psnr"] == pytest.approx(expected["Photos"]["psnr"], abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data.root=/nonexistent/benchmarks"], "data.root='/nonexistent/benchmarks'"),
+        (["model=drn_tiny"], "needs weights=FILE"),
+        (["weights=/x.pt"], "model=bicubic"),
+        (["scale=3"], "scale=3"),
+    ],
+)
+def test_eval_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    root = _photo_set(tmp_path / "bench")
+    result = run_module(
+        "drn_lightning.eval", [f"data.root={root}", "data.sets=[Photos]", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_eval_refuses_weights_of_another_scale(tmp_path: Path) -> None:
+    root = _photo_set(tmp_path / "bench")
+    primal, duals = build_drn("drn_tiny", 8)
+    ckpt = tmp_path / "x8.ckpt"
+    official_to_checkpoint(primal, duals, {"variant": "drn_tiny", "scale": 8, "n_feats": 4, "n_blocks": 4}, ckpt)
+    result = run_module(
+        "drn_lightning.eval",
+        ["model=drn_tiny", "scale=4", f"weights={ckpt}", f"data.root={root}", "data.sets=[Photos]",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 2
+    assert "expected scale x4" in result.stderr and "x8" in result.stderr
+
+
+@pytest.mark.skipif(not (BENCHMARKS_DIR / "Set5").is_dir(), reason="../shared/data/benchmarks not present")
+def test_eval_command_reproduces_published_set5_bicubic(tmp_path: Path) -> None:
+    out = tmp_path / "set5.json"
+    result = run_module(
+        "drn_lightning.eval",
+        ["model=bicubic", "scale=4", "data=benchmark", f"data.root={BENCHMARKS_DIR}", "data.sets=[Set5]",
+         f"results_json={out}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(out.read_text())["Set5"]
+    assert scores["psnr"] == pytest.approx(28.42, abs=0.03)
+    assert scores["ssim"] == pytest.approx(0.8104, abs=0.005)
+    assert scores["images"] == 5
