@@ -16,6 +16,7 @@ from torch.utils.data import default_collate
 
 import drn_lightning.data.datasets as datasets_mod
 from drn_lightning.data import (
+    DEMO_GREYSCALE,
     DEMO_TRAIN,
     DEMO_VAL,
     BenchmarkDataset,
@@ -466,7 +467,10 @@ def test_demo_split_is_disjoint_and_offline(monkeypatch: pytest.MonkeyPatch) -> 
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
         assert min(img.shape[:2]) >= 300
         chroma = np.abs(img.astype(int) - img.mean(axis=2, keepdims=True)).mean()
-        assert chroma > 2, f"{name} should be a colour photo"
+        if name in DEMO_GREYSCALE:
+            assert chroma == 0, f"{name} is greyscale: its three channels must be equal"
+        else:
+            assert chroma > 2, f"{name} should be a colour photo"
 
 
 def test_materialize_demo_idempotent(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from drn_lightning.data.datasets import (
     to_tensor,
 )
 from drn_lightning.data.demo import (
+    DEMO_GREYSCALE,
     DEMO_TRAIN,
     DEMO_VAL,
     default_demo_root,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from drn_lightning.data.datamodule import DemoDataModule, ShardSampler, SRDataModule
 
 __all__ = [
+    "DEMO_GREYSCALE",
     "DEMO_TRAIN",
     "DEMO_VAL",
     "IMAGE_EXTENSIONS",

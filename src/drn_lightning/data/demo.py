@@ -23,6 +23,7 @@ from drn_lightning.data.io import read_image
 
 __all__ = [
     "DEMO_FILES",
+    "DEMO_GREYSCALE",
     "DEMO_TRAIN",
     "DEMO_VAL",
     "default_demo_root",
@@ -55,6 +56,9 @@ DEMO_TRAIN: tuple[str, ...] = (
 
 DEMO_VAL: tuple[str, ...] = ("chelsea", "coffee")
 """Held-out validation photos, disjoint from :data:`DEMO_TRAIN`."""
+
+DEMO_GREYSCALE: tuple[str, ...] = ("camera", "brick", "grass", "gravel", "coins")
+"""Greyscale photos among the training set (repeated to RGB): texture for the network, Y is what is scored."""
 
 
 def _skimage_data_dir() -> Path:
