@@ -25,7 +25,7 @@ test: install
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 test-slow: install
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 -m slow $(PYTEST_ARGS)
 
 test-all: install
 	$(PY) -m pytest -n 2 -m 'slow or not slow' $(PYTEST_ARGS)
