@@ -129,3 +129,18 @@ def test_eval_command_reproduces_published_set5_bicubic(tmp_path: Path) -> None:
     assert scores["psnr"] == pytest.approx(28.42, abs=0.03)
     assert scores["ssim"] == pytest.approx(0.8104, abs=0.005)
     assert scores["images"] == 5
+
+
+def test_tiled_and_self_ensemble_evaluation_agree_with_whole_image(tmp_path: Path) -> None:
+    from drn_lightning.data.datasets import BenchmarkDataset
+
+    root = _photo_set(tmp_path)
+    sets = {"Photos": BenchmarkDataset(root, "Photos", 4)}
+    torch.manual_seed(0)
+    primal, _ = build_drn("drn_tiny", 4, init="identity")
+    primal.eval()
+    whole = evaluate(model_upscaler(primal), sets, 4)["Photos"]
+    tiled = evaluate(model_upscaler(primal, tile=12), sets, 4)["Photos"]
+    ensemble = evaluate(model_upscaler(primal, self_ensemble=True), sets, 4)["Photos"]
+    assert tiled["psnr"] == pytest.approx(whole["psnr"], abs=0.01)
+    assert ensemble["psnr"] != whole["psnr"] and abs(ensemble["psnr"] - whole["psnr"]) < 1.0

@@ -30,36 +30,19 @@ from drn_lightning.ops.imresize import imresize
 Upscaler = Callable[[Tensor], Tensor]
 
 
-def resolve_device(device: str) -> torch.device:
-    """`auto` means CUDA when present; asking for CUDA without one is an error naming the option."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"device={device!r}; allowed: auto, cpu, cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} requested but CUDA is not available")
-    return torch.device(device)
-
-
 def bicubic_upscaler(scale: int) -> Upscaler:
     """The literature's baseline: MATLAB-bicubic upscaling of the LR image."""
     return lambda lr: imresize(lr, scale=scale)
 
 
 def model_upscaler(primal: nn.Module, self_ensemble: bool = False, tile: int | None = None) -> Upscaler:
-    """Final primal output, optionally tiled and/or self-ensembled."""
-
-    def final(lr: Tensor) -> Tensor:
-        return primal(lr)[-1]
-
+    """Final primal output; tiling and self-ensembling go through the same `Upscaler` as `drn-sr upscale`."""
     if not tile and not self_ensemble:
-        return final
-    from drn_lightning.ops import tiling
+        return lambda lr: primal(lr)[-1]
+    from drn_lightning.inference import Upscaler as ModelUpscaler
 
-    fn = final
-    if tile:
-        fn = lambda x: tiling.tiled_forward(final, x, scale=primal.scale, tile=tile)  # noqa: E731
-    return (lambda lr: tiling.self_ensemble_forward(fn, lr)) if self_ensemble else fn
+    device = next(primal.parameters()).device
+    return ModelUpscaler(primal, device=device, tile=tile, self_ensemble=self_ensemble).upscale_tensor
 
 
 @torch.inference_mode()
@@ -134,6 +117,7 @@ def load_primal(cfg: DictConfig) -> nn.Module | None:
 
 def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     """Evaluate the configured model (or bicubic) on the configured benchmark sets."""
+    from drn_lightning.inference import resolve_device
     from drn_lightning.models import check_scale
 
     scale = check_scale(int(cfg.scale))
