@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import DictConfig
 
 
@@ -19,6 +20,12 @@ def skimage_photos() -> dict[str, np.ndarray]:
 
     return {name: getattr(data, name)() for name in ("astronaut", "chelsea", "coffee")}
 
+
+# Two pytest-xdist workers share 2 cores: one thread each (and in the processes they start), since
+# oversubscribed OpenMP pools spin-wait and run many times slower than single-threaded ones.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
