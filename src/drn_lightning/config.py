@@ -89,6 +89,8 @@ def _validate(cfg: DictConfig) -> None:
     max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
     _require((max_steps is not None and int(max_steps) > 0) or (max_epochs is not None and int(max_epochs) > 0),
              "set trainer.max_steps or trainer.max_epochs to a positive number: the cosine schedule needs a bounded run")
+    threads = cfg.get("torch_threads")
+    _require(threads is None or int(threads) >= 1, f"torch_threads={threads} must be >= 1 (or null for torch's default)")
     policy = cfg.get("nonfinite_loss", "raise")
     _require(policy in ("raise", "skip"), f"nonfinite_loss={policy!r}; allowed: raise, skip")
     for key in ("weights", "dual_weights"):
