@@ -266,6 +266,7 @@ def ours_overrides(variant: str, scale: int, steps: int, device: str) -> list[st
         "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
         "test_after_fit=false",
+        "torch_threads=null",  # torch's default threads, as the reference (the CPU demo pins one)
         "data.num_workers=0",
         "data.persistent_workers=false",
     ]
