@@ -17,8 +17,10 @@ Pillow does the decoding. Around it this module adds what a long training run ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -158,16 +160,22 @@ def _open_checked(path: Path, limit: int) -> Image.Image:
     return img
 
 
-def read_image_size(path: str | os.PathLike[str], max_pixels: int | None = None) -> tuple[int, int]:
-    """(height, width) from the header alone, so large sets can be validated without decoding."""
-    path = Path(path)
-    limit = _limit(max_pixels)
+@contextlib.contextmanager
+def _checked_image(path: Path, limit: int) -> Iterator[Image.Image]:
+    """An opened image whose header passed the size limit, with PIL's bomb warning raised as an error."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         img = _open_checked(path, limit)
         with img:
             _check_size(path, img.size, limit)
-            width, height = img.size
+            yield img
+
+
+def read_image_size(path: str | os.PathLike[str], max_pixels: int | None = None) -> tuple[int, int]:
+    """(height, width) from the header alone, so large sets can be validated without decoding."""
+    path = Path(path)
+    with _checked_image(path, _limit(max_pixels)) as img:
+        width, height = img.size
     return height, width
 
 
@@ -175,25 +183,21 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> n
     """Decode an image fully to (H, W, 3) uint8 RGB, failing here (not in training) on bad files."""
     path = Path(path)
     limit = _limit(max_pixels)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = _open_checked(path, limit)
-        with img:
-            _check_size(path, img.size, limit)
-            try:
-                img.load()  # decodes all pixel data now: truncated/corrupt files raise here
-                return _to_rgb8(img, path)
-            except ImageReadError:
-                raise
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise ImageReadError(
-                    f"{path}: refused as a possible decompression bomb ({exc}); "
-                    f"the limit is {limit} pixels"
-                ) from exc
-            except MemoryError:
-                raise
-            except Exception as exc:
-                raise ImageReadError(f"{path}: cannot decode image (truncated or corrupt?): {exc}") from exc
+    with _checked_image(path, limit) as img:
+        try:
+            img.load()  # decodes all pixel data now: truncated/corrupt files raise here
+            return _to_rgb8(img, path)
+        except ImageReadError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageReadError(
+                f"{path}: refused as a possible decompression bomb ({exc}); "
+                f"the limit is {limit} pixels"
+            ) from exc
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise ImageReadError(f"{path}: cannot decode image (truncated or corrupt?): {exc}") from exc
 
 
 def _is_image_name(name: str) -> bool:
