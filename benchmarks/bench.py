@@ -10,14 +10,19 @@ no case inherits another's allocator state, thread pool, warm caches or peak RSS
 the per-case JSON, prints a table and writes `bench.json`:
 
   peak            the machine's measured peak: a large fp32 matmul and a 64-channel 3x3 conv (GFLOP/s)
-  train_ref       the authors' trainer step: contiguous fp32 eager, one Adam per network, `loss.item()` per step
+  train_ref       the authors' trainer step: contiguous fp32 eager, plain-autograd channel attention, one Adam
+                  per network, `loss.item()` per step
   train_ours      a real `Trainer.fit` of our DRNLitModule built by `drn_lightning.train.prepare` from the
                   Hydra config (our defaults: channels_last, one Adam, cosine per step; logger, progress bar,
                   checkpointing and validation off), on a fixed batch so data loading costs nothing
   infer_ref/ours  128x128 -> x4: eager contiguous `model(lr)[-1]` under no_grad vs our `Upscaler`
                   (inference_mode + channels_last)
   upscale_whole / upscale_tiled   a 1024x1024 image through DRN-S x4: peak RSS and seconds
-  data            samples/s of the DemoDataModule train loader (default workers) vs the model's samples/s
+  data            samples/s of the DemoDataModule train loader (default workers) vs the model's samples/s,
+                  at the training cases' patch and at the paper's x4 recipe patch (384)
+
+Reference and ours alternate for `--rounds` rounds (ref, ours, ref, ours) and each keeps its fastest round,
+so load from other jobs on a shared machine hits both sides alike; take timings on an idle machine.
 
 Training uses LR 48 -> HR 48*scale, batch 4; the first `--warmup` steps are discounted. Both training
 cases start from the same weights and batch, so their losses at step 0 and after one optimiser step are
