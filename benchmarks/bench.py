@@ -10,7 +10,7 @@ no case inherits another's allocator state, thread pool, warm caches or peak RSS
 the per-case JSON, prints a table and writes `bench.json`:
 
   peak            the machine's measured peak: a large fp32 matmul and a 64-channel 3x3 conv (GFLOP/s)
-  train_ref       the authors' trainer step: contiguous fp32 eager, plain-autograd channel attention, one Adam
+  train_ref       the authors' trainer step: contiguous fp32 eager, RCABs module by module (plain autograd), one Adam
                   per network, `loss.item()` per step
   train_ours      a real `Trainer.fit` of our DRNLitModule built by `drn_lightning.train.prepare` from the
                   Hydra config (our defaults: channels_last, one Adam, cosine per step; logger, progress bar,
@@ -165,11 +165,13 @@ def batch_to(batch: dict[str, Any], device: str) -> dict[str, Any]:
     }
 
 
-def use_authors_modules() -> None:
-    """The reference runs the authors' channel attention: plain autograd, no fused backward."""
-    from drn_lightning.models.drn import ChannelAttention
+def use_authors_modules() -> tuple[bool, bool]:
+    """The reference runs the authors' RCAB: module by module, plain autograd. Returns the flags it replaced."""
+    from drn_lightning.models.drn import RCAB, ChannelAttention
 
-    ChannelAttention.fused_backward = False
+    saved = (RCAB.fused, ChannelAttention.fused_backward)
+    RCAB.fused = ChannelAttention.fused_backward = False
+    return saved
 
 
 class ReferenceTrainer:
@@ -221,15 +223,14 @@ def reference_losses(
     primal: Any, duals: Any, batch: dict[str, Any], steps: int = 2, **adam: Any
 ) -> list[float]:
     """Losses of the reference trainer over `steps` steps on one batch (step 0: initial weights)."""
-    from drn_lightning.models.drn import ChannelAttention
+    from drn_lightning.models.drn import RCAB, ChannelAttention
 
-    saved = ChannelAttention.fused_backward
-    use_authors_modules()
+    saved = use_authors_modules()
     try:
         trainer = ReferenceTrainer(primal, duals, **adam)
         return [trainer.step(batch["lr"], batch["hr"]) for _ in range(steps)]
     finally:
-        ChannelAttention.fused_backward = saved
+        RCAB.fused, ChannelAttention.fused_backward = saved
 
 
 def config_adam(variant: str, scale: int) -> dict[str, Any]:
@@ -506,7 +507,7 @@ def case_infer(p: dict[str, Any]) -> dict[str, Any]:
 
     device, variant, scale, size = p["device"], p["variant"], p["scale"], p["size"]
     if p["impl"] == "ref":
-        use_authors_modules()  # no effect in eval mode; kept so the reference never runs our code paths
+        use_authors_modules()  # the authors' module-by-module forward
     primal, _ = make_networks(variant, scale)
     primal.eval().to(device)
     gen = torch.Generator().manual_seed(1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from drn_lightning.models.drn import DRN, RCAB, _ChannelGate
+from drn_lightning.models.drn import DRN, RCAB, ChannelAttention, _ChannelGate, _FusedRCAB
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,22 +34,79 @@ def test_channel_gate_backward_passes_gradcheck() -> None:
     assert torch.autograd.gradcheck(_ChannelGate.apply, (x, w1, b1, w2, b2))
 
 
-@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
-def test_fused_training_path_matches_autograd(memory_format: torch.memory_format) -> None:
+def test_fused_rcab_backward_passes_gradcheck() -> None:
     torch.manual_seed(0)
-    block = RCAB(32).to(memory_format=memory_format)
+    block = RCAB(8, reduction=4).double()
+    x = torch.randn(2, 8, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_FusedRCAB.apply, (x, *block._fused_weights()))
+
+
+def _run_block(block: RCAB, x: torch.Tensor, grad_out: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    out = block(x)
+    return out.detach(), list(torch.autograd.grad(out, [x, *block.parameters()], grad_out))
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_fused_rcab_matches_the_authors_module_path(memory_format: torch.memory_format, monkeypatch) -> None:
+    torch.manual_seed(0)
+    block = RCAB(32).to(memory_format=memory_format).train()
     x = (torch.randn(2, 32, 9, 7) * 5).contiguous(memory_format=memory_format).requires_grad_()
     grad_out = torch.randn(2, 32, 9, 7).contiguous(memory_format=memory_format)
-    results = []
-    for training in (True, False):  # train: fused backward; eval with grad: plain autograd
-        block.train(training)
-        out = block(x)
-        results.append((out, torch.autograd.grad(out, [x, *block.parameters()], grad_out)))
-    (out_fused, grads_fused), (out_plain, grads_plain) = results
-    assert torch.equal(out_fused, out_plain)  # same forward ops, bit for bit
+    out_fused, grads_fused = _run_block(block, x, grad_out)  # _FusedRCAB: hand-written backward
+    monkeypatch.setattr(RCAB, "fused", False)
+    monkeypatch.setattr(ChannelAttention, "fused_backward", False)
+    out_plain, grads_plain = _run_block(block, x, grad_out)  # modules + plain autograd (the authors')
+    torch.testing.assert_close(out_fused, out_plain, rtol=1e-6, atol=1e-5)
     for fused, plain in zip(grads_fused, grads_plain):
-        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    assert out_fused.is_contiguous(memory_format=memory_format)
     assert grads_fused[0].is_contiguous(memory_format=memory_format)
+
+
+def test_fused_rcab_inference_and_eval_autograd_match_training_forward() -> None:
+    torch.manual_seed(0)
+    block = RCAB(16, reduction=4)
+    x = torch.randn(1, 16, 6, 6) * 3
+    train_out = block.train()(x.requires_grad_())
+    with torch.inference_mode():
+        infer_out = block.eval()(x.detach())
+    assert torch.equal(train_out.detach(), infer_out)  # one forward function for both
+    x_eval = x.detach().clone().requires_grad_()  # eval with grad (e.g. adapting a model): plain autograd
+    eval_out = block.eval()(x_eval)
+    grad_eval, = torch.autograd.grad(eval_out.sum(), x_eval)
+    grad_train, = torch.autograd.grad(block.train()(x).sum(), x)
+    torch.testing.assert_close(grad_eval, grad_train, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_channel_gate_fallback_matches_autograd(memory_format: torch.memory_format, monkeypatch) -> None:
+    """The module path (autocast, half precision) keeps the gate's hand-written backward."""
+    monkeypatch.setattr(RCAB, "fused", False)
+    torch.manual_seed(0)
+    block = RCAB(32).to(memory_format=memory_format).train()
+    x = (torch.randn(2, 32, 9, 7) * 5).contiguous(memory_format=memory_format).requires_grad_()
+    grad_out = torch.randn(2, 32, 9, 7).contiguous(memory_format=memory_format)
+    out_gate, grads_gate = _run_block(block, x, grad_out)
+    monkeypatch.setattr(ChannelAttention, "fused_backward", False)
+    out_plain, grads_plain = _run_block(block, x, grad_out)
+    assert torch.equal(out_gate, out_plain)  # same forward ops, bit for bit
+    for gate, plain in zip(grads_gate, grads_plain):
+        torch.testing.assert_close(gate, plain, rtol=1e-5, atol=1e-6)
+    assert grads_gate[0].is_contiguous(memory_format=memory_format)
+
+
+def test_rcab_under_autocast_takes_the_module_path() -> None:
+    torch.manual_seed(0)
+    block = RCAB(16, reduction=4).train()
+    x = (torch.randn(2, 16, 6, 6) * 3).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x)
+        reference = block.body(x)  # the modules, as autocast runs them, then the in-place residual
+        reference += x
+    assert out.dtype == torch.bfloat16  # the fused path would promote to x's float32 in its addcmul
+    torch.testing.assert_close(out.float(), reference.float(), rtol=0, atol=0)
+    out.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters())
 
 
 def test_checkpoint_blocks_keeps_keys_loss_and_gradients() -> None:
@@ -67,6 +124,35 @@ def test_checkpoint_blocks_keeps_keys_loss_and_gradients() -> None:
     torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
     for p, q in zip(plain.parameters(), ckpt.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-6)
+
+
+def _saved_activation_bytes(net: DRN, lr: torch.Tensor) -> int:
+    """Bytes autograd keeps for the backward of one forward pass (what activation checkpointing trades away)."""
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        if not isinstance(tensor, torch.nn.Parameter):
+            total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        sum(out.abs().mean() for out in net(lr)).backward()
+    return total
+
+
+def test_checkpoint_blocks_is_a_config_option_that_saves_activation_memory(tmp_path: Path) -> None:
+    from conftest import compose_train
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["model=drn_s", "model.net.n_blocks=12", "model.net.checkpoint_blocks=true"], tmp_path, tmp_path)
+    primal, _ = instantiate(cfg.model.net)
+    assert primal.checkpoint_blocks is True
+    plain, _ = instantiate(compose_train(["model=drn_s", "model.net.n_blocks=12"], tmp_path, tmp_path).model.net)
+    assert plain.checkpoint_blocks is False
+    lr = torch.rand(1, 3, 12, 12) * 255
+    # Each RCAB keeps only its input instead of ~5 full-size tensors: well under half of the plain total.
+    assert _saved_activation_bytes(primal, lr) < 0.5 * _saved_activation_bytes(plain, lr)
 
 
 def test_lightning_step_matches_authors_reference_step(tmp_path: Path) -> None:

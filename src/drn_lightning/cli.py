@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,24 +48,23 @@ def _one_line(err: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
+    """An argparse `type` for integers >= `minimum`, whose error says what was expected."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 # --- upscale --------------------------------------------------------------------------------------
@@ -279,12 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"drn-sr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{upscale,export,convert,info}")
 
-    up = sub.add_parser("upscale", help="upscale image files and folders", description="Upscale images; writes {stem}_x{scale}.{format}.")
+    # Options shared by the commands that run a model (argparse parents keep one definition of each).
+    model_options = argparse.ArgumentParser(add_help=False)
+    model_options.add_argument("--weights", required=True, metavar="FILE", help="authors' .pt primal or our .ckpt")
+    model_options.add_argument("--scale", type=int, choices=(2, 4, 8), help="fail unless the weights upscale by this factor")
+
+    up = sub.add_parser("upscale", parents=[model_options], help="upscale image files and folders", description="Upscale images; writes {stem}_x{scale}.{format}.")
     up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (PNG, JPEG, WebP, ...) or folders of them")
     up.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if missing)")
-    up.add_argument("--weights", required=True, metavar="FILE", help="authors' .pt primal or our .ckpt")
     up.add_argument("--dual-weights", metavar="FILE", help="authors' dual .pt; only checked against --weights")
-    up.add_argument("--scale", type=int, choices=(2, 4, 8), help="fail unless the weights upscale by this factor")
     up.add_argument("--tile", type=_positive_int, metavar="N", help="process N x N LR tiles to bound memory (default: whole image)")
     from drn_lightning.ops.tiling import DEFAULT_TILE_OVERLAP
 
@@ -297,12 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N", help="refuse input images with more pixels, e.g. decompression bombs (default: %(default)s)")
     up.set_defaults(handler=_cmd_upscale)
 
-    ex = sub.add_parser("export", help="export the primal network to ONNX or TorchScript")
-    ex.add_argument("--weights", required=True, metavar="FILE", help="authors' .pt primal or our .ckpt")
+    ex = sub.add_parser("export", parents=[model_options], help="export the primal network to ONNX or TorchScript")
     ex.add_argument("--format", required=True, choices=("onnx", "torchscript"))
     ex.add_argument("-o", "--output", required=True, metavar="OUT", help="output file")
     ex.add_argument("--opset", type=int, default=17, help="ONNX opset; >= 18 uses the torch.export-based exporter (default: 17)")
-    ex.add_argument("--scale", type=int, choices=(2, 4, 8), help="fail unless the weights upscale by this factor")
     ex.set_defaults(handler=_cmd_export)
 
     cv = sub.add_parser("convert", help="authors' .pt pair <-> our .ckpt")

@@ -91,6 +91,8 @@ def _validate(cfg: DictConfig) -> None:
              "set trainer.max_steps or trainer.max_epochs to a positive number: the cosine schedule needs a bounded run")
     threads = cfg.get("torch_threads")
     _require(threads is None or int(threads) >= 1, f"torch_threads={threads} must be >= 1 (or null for torch's default)")
+    keep = cfg.get("keep_freed_memory", False)
+    _require(isinstance(keep, bool), f"keep_freed_memory={keep!r} must be true or false")
     policy = cfg.get("nonfinite_loss", "raise")
     _require(policy in ("raise", "skip"), f"nonfinite_loss={policy!r}; allowed: raise, skip")
     for key in ("weights", "dual_weights"):

@@ -92,32 +92,16 @@ def _quiet() -> Iterator[None]:
 
 
 def _export_onnx(wrapper: nn.Module, path: Path, opset: int) -> None:
-    example = _example(*_EXAMPLE, seed=0)
+    common = {"opset_version": opset, "input_names": ["lr"], "output_names": ["sr"]}
     if opset < 18:
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=["lr"],
-            output_names=["sr"],
-            dynamic_axes={"lr": {0: "batch", 2: "height", 3: "width"}, "sr": {0: "batch", 2: "out_height", 3: "out_width"}},
-        )
-        return
-    from torch.export import Dim
+        axes = {"lr": {0: "batch", 2: "height", 3: "width"}, "sr": {0: "batch", 2: "out_height", 3: "out_width"}}
+        dynamic: dict[str, object] = {"dynamo": False, "dynamic_axes": axes}
+    else:
+        from torch.export import Dim
 
-    torch.onnx.export(
-        wrapper,
-        (example,),
-        str(path),
-        dynamo=True,
-        opset_version=opset,
-        input_names=["lr"],
-        output_names=["sr"],
-        dynamic_shapes={"lr": {0: Dim("batch"), 2: Dim("height"), 3: Dim("width")}},
-        verbose=False,
-    )
+        shapes = {"lr": {0: Dim("batch"), 2: Dim("height"), 3: Dim("width")}}
+        dynamic = {"dynamo": True, "dynamic_shapes": shapes, "verbose": False}
+    torch.onnx.export(wrapper, (_example(*_EXAMPLE, seed=0),), str(path), **common, **dynamic)
 
 
 def _onnx_runner(path: Path) -> Callable[[Tensor], Tensor]:

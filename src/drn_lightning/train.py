@@ -15,13 +15,13 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from drn_lightning.config import ConfigError, validate_train_config
+from drn_lightning.runtime import apply_process_settings
 
 log = __import__("logging").getLogger(__name__)
 
@@ -153,8 +153,7 @@ def _finish_wandb(trainer: pl.Trainer, report: dict[str, Any]) -> None:
 def prepare(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
     """Everything that can fail on user input, before any data is read or any step is taken."""
     validate_train_config(cfg)
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
+    apply_process_settings(cfg.get("torch_threads"), bool(cfg.get("keep_freed_memory", False)))
     pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, datamodule.val_set_names, semi_supervised=datamodule.unpaired_ratio > 0)

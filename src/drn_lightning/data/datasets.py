@@ -25,6 +25,7 @@ import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,43 @@ def _require_dir(path: str | os.PathLike[str], option: str) -> Path:
 
 
 # --------------------------------------------------------------------------- array helpers
+
+
+def _admit(path: Path, accept: Callable[[], bool], on_bad_file: str, skipped: list[Path]) -> bool:
+    """Run one file's checks (`accept`: sizes, optional decoding; False = too small, already warned about).
+
+    True keeps the file. An unreadable file raises, or under on_bad_file='skip' is warned about; either way a
+    file that is not kept is listed in `skipped`.
+    """
+    try:
+        if accept():
+            return True
+    except (ImageReadError, OSError) as exc:
+        if on_bad_file == "raise":
+            raise
+        log.warning("skipping unreadable image %s: %s", path, exc)
+    skipped.append(path)
+    return False
+
+
+def _load_readable(
+    index: int, count: int, load: Callable[[int], Any], path_of: Callable[[int], Path],
+    on_bad_file: str, bad: set[int], source: Path,
+) -> tuple[int, Any]:
+    """Item `index`, or under on_bad_file='skip' the next readable one: a file that breaks only when it is
+    decoded lazily is warned about once per process and routed around after that."""
+    for attempt in range(count):
+        j = (index + attempt) % count
+        if j in bad:
+            continue
+        try:
+            return j, load(j)
+        except (ImageReadError, OSError) as exc:
+            if on_bad_file == "raise":
+                raise
+            bad.add(j)
+            log.warning("skipping unreadable image %s: %s", path_of(j), exc)
+    raise ImageReadError(f"{source}: no readable image left")
 
 
 def mod_crop(image: np.ndarray, scale: int) -> np.ndarray:
@@ -319,25 +357,8 @@ class _PyramidImages:
                 if lr_path is not None and not lr_path.is_file():
                     raise FileNotFoundError(f"LR file {lr_path} for HR file {hr_path} does not exist")
             entry = _Entry(hr_path, lr_paths)
-            try:
-                size = self._check_headers(entry)  # cheap; LR/HR size mismatches raise here
-                if size[0] < min_size or size[1] < min_size:
-                    log.warning(
-                        "skipping %s: %dx%d (WxH, after cropping to a multiple of scale %d) is "
-                        "smaller than the %dx%d patch needed",
-                        hr_path, size[1], size[0], scale, min_size, min_size,
-                    )
-                    self.skipped.append(hr_path)
-                    continue
-                if cache_in_memory:
-                    self._memory.append(self._load(entry))
-            except (ImageReadError, OSError) as exc:
-                if on_bad_file == "raise":
-                    raise
-                log.warning("skipping unreadable image %s: %s", hr_path, exc)
-                self.skipped.append(hr_path)
-                continue
-            self.entries.append(entry)
+            if _admit(hr_path, partial(self._accept, entry, min_size), on_bad_file, self.skipped):
+                self.entries.append(entry)
         if not self.entries:
             raise ValueError(
                 f"{what}: no usable images left ({len(self.skipped)} skipped as unreadable or "
@@ -347,6 +368,19 @@ class _PyramidImages:
     def __len__(self) -> int:
         """Number of usable images."""
         return len(self.entries)
+
+    def _accept(self, entry: _Entry, min_size: int) -> bool:
+        """Header checks (LR/HR size mismatches raise here), then decode into memory when caching."""
+        h, w = self._check_headers(entry)
+        if h < min_size or w < min_size:
+            log.warning(
+                "skipping %s: %dx%d (WxH, after cropping to a multiple of scale %d) is smaller than the %dx%d patch needed",
+                entry.hr_path, w, h, self.scale, min_size, min_size,
+            )
+            return False
+        if self.cache_in_memory:
+            self._memory.append(self._load(entry))
+        return True
 
     def _check_headers(self, entry: _Entry) -> tuple[int, int]:
         """Validate HR/LR sizes from headers only; returns the mod-cropped HR size."""
@@ -386,7 +420,27 @@ class _PyramidImages:
 # --------------------------------------------------------------------------- datasets
 
 
-class PairedDataset(Dataset[Sample]):
+class _PatchDataset(Dataset[Sample]):
+    """What the training datasets share: scale, patch size, augmentation and the epoch length."""
+
+    def _set_patch_options(self, scale: int, patch_size: int, augment: bool, samples_per_epoch: int | None) -> None:
+        self.factors = pyramid_factors(scale)
+        self.scale = int(scale)
+        self.patch_size = _check_patch_size(patch_size, self.scale)
+        self.augment = bool(augment)
+        self.samples_per_epoch = _check_samples_per_epoch(samples_per_epoch)
+
+    @property
+    def num_images(self) -> int:
+        """Number of usable images."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        """Samples per epoch: ``samples_per_epoch`` or one per image."""
+        return self.samples_per_epoch or self.num_images
+
+
+class PairedDataset(_PatchDataset):
     """Random aligned HR/LR-pyramid patches from a DIV2K/DF2K-style folder or an HR-only folder.
 
     With ``lr_dir``: LR level f is read from ``lr_dir/X{f}/{stem}x{f}.png``. Without it the pyramid
@@ -409,11 +463,7 @@ class PairedDataset(Dataset[Sample]):
         max_pixels: int | None = None,
     ) -> None:
         """Validate options, list and check the files, and (by default) decode them into memory."""
-        self.factors = pyramid_factors(scale)
-        self.scale = int(scale)
-        self.patch_size = _check_patch_size(patch_size, self.scale)
-        self.augment = bool(augment)
-        self.samples_per_epoch = _check_samples_per_epoch(samples_per_epoch)
+        self._set_patch_options(scale, patch_size, augment, samples_per_epoch)
         check_on_bad_file(on_bad_file)
         self.hr_dir = _require_dir(hr_dir, "hr_dir")
         hr_files = list_images(self.hr_dir)
@@ -451,30 +501,17 @@ class PairedDataset(Dataset[Sample]):
         """Number of usable HR images."""
         return len(self._images)
 
-    def __len__(self) -> int:
-        """Samples per epoch: ``samples_per_epoch`` or one per image."""
-        return self.samples_per_epoch or len(self._images)
-
     def load_full(self, image_index: int) -> tuple[np.ndarray, list[np.ndarray]]:
         """Whole mod-cropped HR and LR levels (uint8 HWC) of one image, for checks and debugging."""
         return self._images.get(image_index)
 
     def _get_image(self, i: int) -> tuple[int, np.ndarray, list[np.ndarray]]:
         """Load image i; under on_bad_file='skip' a file that breaks lazily is replaced by the next."""
-        n = len(self._images)
-        for attempt in range(n):
-            j = (i + attempt) % n
-            if j in self._bad:
-                continue
-            try:
-                hr, lrs = self._images.get(j)
-                return j, hr, lrs
-            except (ImageReadError, OSError) as exc:
-                if self.on_bad_file == "raise":
-                    raise
-                self._bad.add(j)  # per process: warn once, then route around it
-                log.warning("skipping unreadable image %s: %s", self._images.entries[j].hr_path, exc)
-        raise ImageReadError(f"hr_dir {self.hr_dir}: no readable image left")
+        j, (hr, lrs) = _load_readable(
+            i, len(self._images), self._images.get, lambda k: self._images.entries[k].hr_path,
+            self.on_bad_file, self._bad, self.hr_dir,
+        )
+        return j, hr, lrs
 
     def __getitem__(self, index: int) -> Sample:
         """A random scale-aligned patch with its exact LR crops, identically augmented."""
@@ -495,7 +532,7 @@ class PairedDataset(Dataset[Sample]):
         }
 
 
-class UnpairedDataset(Dataset[Sample]):
+class UnpairedDataset(_PatchDataset):
     """LR-only patches for DRN's unpaired (dual-regression-only) data.
 
     Give ``lr_dir`` (real LR images, cropped to ``patch_size / scale``) or ``hr_dir`` (each HR is
@@ -519,12 +556,8 @@ class UnpairedDataset(Dataset[Sample]):
         """Validate options and load (or list) the LR images."""
         from drn_lightning.ops.degrade import DEGRADATIONS
 
-        self.factors = pyramid_factors(scale)
-        self.scale = int(scale)
-        self.patch_size = _check_patch_size(patch_size, self.scale)
+        self._set_patch_options(scale, patch_size, augment, samples_per_epoch)
         self.lr_patch = self.patch_size // self.scale
-        self.augment = bool(augment)
-        self.samples_per_epoch = _check_samples_per_epoch(samples_per_epoch)
         self.on_bad_file = check_on_bad_file(on_bad_file)
         self.max_pixels = max_pixels
         if (lr_dir is None) == (hr_dir is None):
@@ -541,34 +574,29 @@ class UnpairedDataset(Dataset[Sample]):
         self.from_hr = hr_dir is not None
         self.files: list[Path] = []
         self.skipped: list[Path] = []
+        self._bad: set[int] = set()
         self._memory: list[np.ndarray] = []
         for path in list_images(folder):
-            try:
-                h, w = read_image_size(path, max_pixels)
-                if self.from_hr:
-                    h, w = h // self.scale, w // self.scale  # LR size after mod-crop + degrade
-                if h < self.lr_patch or w < self.lr_patch:
-                    need = self.patch_size if self.from_hr else self.lr_patch
-                    log.warning(
-                        "skipping %s: too small for a %dx%d patch (LR size %dx%d WxH)",
-                        path, need, need, w, h,
-                    )
-                    self.skipped.append(path)
-                    continue
-                if self.cache_in_memory:
-                    self._memory.append(self._load(path, DEGRADATIONS))
-            except (ImageReadError, OSError) as exc:
-                if on_bad_file == "raise":
-                    raise
-                log.warning("skipping unreadable image %s: %s", path, exc)
-                self.skipped.append(path)
-                continue
-            self.files.append(path)
+            if _admit(path, partial(self._accept, path, DEGRADATIONS), on_bad_file, self.skipped):
+                self.files.append(path)
         if not self.files:
             raise ValueError(
                 f"{'hr_dir' if self.from_hr else 'lr_dir'} {folder}: no usable images left "
                 f"({len(self.skipped)} skipped): {[p.name for p in self.skipped][:10]}"
             )
+
+    def _accept(self, path: Path, degradations: dict[str, Any]) -> bool:
+        """Size check from the header (the LR size after degrading, for HR files), then decode when caching."""
+        h, w = read_image_size(path, self.max_pixels)
+        if self.from_hr:
+            h, w = h // self.scale, w // self.scale  # LR size after mod-crop + degrade
+        if h < self.lr_patch or w < self.lr_patch:
+            need = self.patch_size if self.from_hr else self.lr_patch
+            log.warning("skipping %s: too small for a %dx%d patch (LR size %dx%d WxH)", path, need, need, w, h)
+            return False
+        if self.cache_in_memory:
+            self._memory.append(self._load(path, degradations))
+        return True
 
     def _load(self, path: Path, degradations: dict[str, Any] | None = None) -> np.ndarray:
         """Decode an LR file, or decode + mod-crop + degrade an HR file (uint8 in, uint8 out)."""
@@ -587,10 +615,6 @@ class UnpairedDataset(Dataset[Sample]):
         """Number of usable images."""
         return len(self.files)
 
-    def __len__(self) -> int:
-        """Samples per epoch: ``samples_per_epoch`` or one per image."""
-        return self.samples_per_epoch or len(self.files)
-
     def load_full(self, image_index: int) -> np.ndarray:
         """Whole LR image (uint8 HWC) patches are cut from, for checks and debugging."""
         if self.cache_in_memory:
@@ -601,19 +625,10 @@ class UnpairedDataset(Dataset[Sample]):
         """A random LR patch with zero placeholders for the levels and HR it does not have."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        n = len(self.files)
-        i = index % n
-        for attempt in range(n):
-            j = (i + attempt) % n
-            try:
-                lr = self.load_full(j)
-                break
-            except (ImageReadError, OSError) as exc:
-                if self.on_bad_file == "raise":
-                    raise
-                log.warning("skipping unreadable image %s: %s", self.files[j], exc)
-        else:
-            raise ImageReadError(f"{self.source_dir}: no readable image left")
+        j, lr = _load_readable(
+            index % len(self.files), len(self.files), self.load_full, self.files.__getitem__,
+            self.on_bad_file, self._bad, self.source_dir,
+        )
         q = self.lr_patch
         y = _randint(lr.shape[0] - q + 1)
         x = _randint(lr.shape[1] - q + 1)

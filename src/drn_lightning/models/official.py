@@ -61,12 +61,16 @@ def build_drn(
     n_blocks: int | None = None,
     dual: bool = True,
     init: str = "default",
+    checkpoint_blocks: bool = False,
 ) -> tuple[DRN, nn.ModuleList | None]:
-    """Primal and dual networks of a named variant; `n_feats`/`n_blocks` override the variant's sizes."""
+    """Primal and dual networks of a named variant; `n_feats`/`n_blocks` override the variant's sizes.
+
+    `checkpoint_blocks` recomputes each RCAB in the backward instead of keeping its activations (big patches).
+    """
     default_feats, default_blocks = variant_size(variant, scale)
     n_feats = default_feats if n_feats is None else int(n_feats)
     n_blocks = default_blocks if n_blocks is None else int(n_blocks)
-    primal = DRN(scale=scale, n_feats=n_feats, n_blocks=n_blocks, init=init)
+    primal = DRN(scale=scale, n_feats=n_feats, n_blocks=n_blocks, init=init, checkpoint_blocks=checkpoint_blocks)
     duals = build_duals(scale, n_feats) if dual else None
     return primal, duals
 
