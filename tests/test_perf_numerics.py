@@ -167,3 +167,27 @@ def test_lightning_step_matches_authors_reference_step(tmp_path: Path) -> None:
     assert module.primal.head.weight.is_contiguous(memory_format=torch.channels_last)
     for a, b in zip(ours, reference):  # step 0: initial weights; step 1: after one optimiser step
         assert abs(a - b) <= bench.NUMERICS_RTOL * abs(b), (ours, reference)
+
+
+@pytest.mark.slow
+def test_torch_compile_of_the_fused_blocks_matches_eager() -> None:
+    """`compile=true` traces `_FusedRCAB` (a custom autograd Function) without graph breaks and the same maths."""
+    import torch._dynamo
+
+    from drn_lightning.models import build_drn
+
+    torch.manual_seed(0)
+    primal, _ = build_drn("drn_tiny", 4, dual=False)
+    x = torch.rand(2, 3, 12, 12) * 255
+    eager_loss = sum(out.abs().mean() for out in primal(x))
+    eager_loss.backward()
+    eager_grads = [p.grad.clone() for p in primal.parameters()]
+    primal.zero_grad()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled_loss = sum(out.abs().mean() for out in torch.compile(primal)(x))
+    compiled_loss.backward()
+    assert not torch._dynamo.utils.counters["graph_break"]
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=0)
+    for eager, p in zip(eager_grads, primal.parameters()):
+        torch.testing.assert_close(p.grad, eager, rtol=1e-4, atol=1e-4 * float(eager.abs().max()))
