@@ -48,6 +48,26 @@ class MeanShift(nn.Conv2d):
             self.bias.copy_(sign * rgb_range * torch.tensor(RGB_MEAN))
 
 
+def _attention_backward(
+    grad_gate: Tensor, pooled: Tensor, hidden: Tensor, gate: Tensor, wd: Tensor, wu: Tensor, pixels: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward of `gate = sigmoid(wu . relu(wd . pooled + bd) + bu)` on (N, C) vectors, in float32 (no-ops in
+    fp32; under autocast the gate may be bf16/fp16).
+
+    Returns the gradient reaching each pixel through the spatial mean (`d pooled / pixels`) and the gradients of
+    wd, bd, wu, bu in the weights' dtypes.
+    """
+    f32 = torch.float32
+    n, c = grad_gate.shape
+    gate, hidden, pooled = gate.reshape(n, c).to(f32), hidden.reshape(n, -1).to(f32), pooled.reshape(n, c).to(f32)
+    grad_z2 = grad_gate.to(f32) * gate * (1 - gate)  # through the sigmoid
+    grad_wu = (grad_z2.t() @ hidden).view(wu.shape).to(wu.dtype)
+    grad_z1 = (grad_z2 @ wu.flatten(1).to(f32)) * (hidden > 0)  # through the ReLU
+    grad_wd = (grad_z1.t() @ pooled).view(wd.shape).to(wd.dtype)
+    grad_pooled = (grad_z1 @ wd.flatten(1).to(f32)) * (1.0 / pixels)
+    return grad_pooled, grad_wd, grad_z1.sum(0).to(wd.dtype), grad_wu, grad_z2.sum(0).to(wu.dtype)
+
+
 class _ChannelGate(torch.autograd.Function):
     """`x * sigmoid(conv2(relu(conv1(mean(x)))))` with a hand-written backward (training only).
 
@@ -68,18 +88,13 @@ class _ChannelGate(torch.autograd.Function):
     @staticmethod
     def backward(ctx: object, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         x, pooled, hidden, gate, w1, w2 = ctx.saved_tensors  # type: ignore[attr-defined]
-        n, c, r = x.shape[0], x.shape[1], hidden.shape[1]
-        # The (N, C)-sized part runs in float32 (no-ops in fp32; under autocast the gate may be bf16/fp16).
-        f32 = torch.float32
-        gate2, hidden2 = gate.reshape(n, c).to(f32), hidden.reshape(n, r).to(f32)
-        grad_gate = (grad * x).sum(dim=(2, 3), dtype=f32)
-        grad_z2 = grad_gate * gate2 * (1 - gate2)  # through the sigmoid
-        grad_w2 = (grad_z2.t() @ hidden2).view(w2.shape).to(w2.dtype)
-        grad_z1 = (grad_z2 @ w2.reshape(c, r).to(f32)) * (hidden2 > 0)  # through the ReLU
-        grad_w1 = (grad_z1.t() @ pooled.reshape(n, c).to(f32)).view(w1.shape).to(w1.dtype)
-        grad_pooled = (grad_z1 @ w1.reshape(r, c).to(f32)) * (1.0 / (x.shape[2] * x.shape[3]))
+        n, c = x.shape[:2]
+        grad_gate = (grad * x).sum(dim=(2, 3), dtype=torch.float32)
+        grad_pooled, grad_w1, grad_b1, grad_w2, grad_b2 = _attention_backward(
+            grad_gate, pooled, hidden, gate, w1, w2, x.shape[2] * x.shape[3]
+        )
         grad_x = torch.addcmul(grad_pooled.view(n, c, 1, 1).to(grad.dtype), grad, gate.to(grad.dtype))
-        return grad_x.to(x.dtype), grad_w1, grad_z1.sum(0).to(w1.dtype), grad_w2, grad_z2.sum(0).to(w2.dtype)
+        return grad_x.to(x.dtype), grad_w1, grad_b1, grad_w2, grad_b2
 
 
 class ChannelAttention(nn.Module):
@@ -149,12 +164,9 @@ class _FusedRCAB(torch.autograd.Function):
         x, y1, y2, pooled, hidden, gate, w1, w2, wd, wu = ctx.saved_tensors
         needs = ctx.needs_input_grad
         n, c = x.shape[:2]
-        # Attention branch on (N, C) vectors: sigmoid, 1x1 "up" conv, ReLU, 1x1 "down" conv, spatial mean.
-        grad_z2 = (grad * y2).sum(dim=(2, 3)) * gate * (1 - gate)
-        grad_wu = (grad_z2.t() @ hidden).view(wu.shape)
-        grad_z1 = (grad_z2 @ wu.flatten(1)) * (hidden > 0)
-        grad_wd = (grad_z1.t() @ pooled).view(wd.shape)
-        grad_pooled = (grad_z1 @ wd.flatten(1)) * (1.0 / (x.shape[2] * x.shape[3]))
+        grad_pooled, grad_wd, grad_bd, grad_wu, grad_bu = _attention_backward(
+            (grad * y2).sum(dim=(2, 3)), pooled, hidden, gate, wd, wu, x.shape[2] * x.shape[3]
+        )
         # d out / d y2 = gate, plus the mean's share, in one pass.
         grad_y2 = torch.addcmul(grad_pooled.view(n, c, 1, 1), grad, gate.view(n, c, 1, 1))
         conv = torch.ops.aten.convolution_backward
@@ -167,7 +179,7 @@ class _FusedRCAB(torch.autograd.Function):
         )
         if grad_x is not None:
             grad_x.add_(grad)  # the identity path
-        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_wd, grad_z1.sum(0), grad_wu, grad_z2.sum(0)
+        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_wd, grad_bd, grad_wu, grad_bu
 
 
 class RCAB(nn.Module):
