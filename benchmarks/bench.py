@@ -341,16 +341,7 @@ def case_peak(p: dict[str, Any]) -> dict[str, Any]:
     b = torch.randn(n, n, device=device)
 
     def best(fn: Any, k: int) -> float:
-        fn()
-        fn()
-        times = []
-        for _ in range(k):
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times.append(time.perf_counter() - t0)
-        return min(times)
+        return float(_timed_calls(fn, device, warmup=2, reps=k)["seconds_min"])
 
     matmul_s = best(lambda: torch.mm(a, b), reps)
     out: dict[str, Any] = {"matmul_n": n, "matmul_gflops": 2 * n**3 / matmul_s / 1e9}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -44,17 +45,22 @@ def test_bicubic_scores_equal_a_hand_made_pipeline(tmp_path: Path) -> None:
     assert scores["psnr"] == pytest.approx(sum(expected) / 2, abs=1e-6)
 
 
-def test_eval_command_writes_the_json_shape(tmp_path: Path) -> None:
-    root = _photo_set(tmp_path / "bench")
-    out = tmp_path / "out.json"
+def _bicubic_eval(root: Path, set_name: str, tmp_path: Path) -> tuple[dict, subprocess.CompletedProcess]:
+    """`python -m drn_lightning.eval model=bicubic` x4 on one set under `root`; the results JSON and the run."""
+    out = tmp_path / f"{set_name}.json"
     result = run_module(
         "drn_lightning.eval",
-        ["model=bicubic", "scale=4", "data=benchmark", f"data.root={root}", "data.sets=[Photos]",
+        ["model=bicubic", "scale=4", "data=benchmark", f"data.root={root}", f"data.sets=[{set_name}]",
          f"results_json={out}", f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr
-    payload = json.loads(out.read_text())
+    return json.loads(out.read_text()), result
+
+
+def test_eval_command_writes_the_json_shape(tmp_path: Path) -> None:
+    root = _photo_set(tmp_path / "bench")
+    payload, result = _bicubic_eval(root, "Photos", tmp_path)
     assert set(payload) == {"Photos"}
     assert set(payload["Photos"]) == {"psnr", "ssim", "images"}
     assert payload["Photos"]["images"] == 2 and 20 < payload["Photos"]["psnr"] < 40
@@ -117,15 +123,7 @@ def test_eval_refuses_weights_of_another_scale(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not (BENCHMARKS_DIR / "Set5").is_dir(), reason="../shared/data/benchmarks not present")
 def test_eval_command_reproduces_published_set5_bicubic(tmp_path: Path) -> None:
-    out = tmp_path / "set5.json"
-    result = run_module(
-        "drn_lightning.eval",
-        ["model=bicubic", "scale=4", "data=benchmark", f"data.root={BENCHMARKS_DIR}", "data.sets=[Set5]",
-         f"results_json={out}", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=REPO_ROOT,
-    )
-    assert result.returncode == 0, result.stderr
-    scores = json.loads(out.read_text())["Set5"]
+    scores = _bicubic_eval(BENCHMARKS_DIR, "Set5", tmp_path)[0]["Set5"]
     assert scores["psnr"] == pytest.approx(28.42, abs=0.03)
     assert scores["ssim"] == pytest.approx(0.8104, abs=0.005)
     assert scores["images"] == 5
