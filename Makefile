@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 TRAIN_ARGS ?=
 
-.PHONY: install test test-slow test-all train bench eval lint clean
+.PHONY: install test test-slow test-all train bench eval clean
 
 install: $(STAMP)
 

@@ -214,7 +214,9 @@ def test_augmentation_same_transform_on_all_levels(
     hr_dir, lr_dir = div2k
     ds = PairedDataset(hr_dir, SCALE, PATCH, lr_dir=lr_dir, augment=True)
     plain = PairedDataset(hr_dir, SCALE, PATCH, lr_dir=lr_dir, augment=False)
-    monkeypatch.setattr(datasets_mod, "_random_flags", lambda augment: tuple(map(bool, flags)) if augment else (False,) * 3)
+    monkeypatch.setattr(
+        datasets_mod, "_random_flags", lambda augment, generator=None: tuple(map(bool, flags)) if augment else (False,) * 3
+    )
     torch.manual_seed(3)
     aug = ds[1]
     torch.manual_seed(3)
@@ -245,6 +247,34 @@ def test_random_augmentation_keeps_levels_aligned(div2k: tuple[Path, Path]) -> N
         else:
             pytest.fail("augmented patch not found under any flip/transpose")
     assert len(used) >= 4, "random flips should vary"
+
+
+def _same_sample(a: dict, b: dict) -> bool:
+    return a["name"] == b["name"] and torch.equal(a["hr"], b["hr"]) and all(map(torch.equal, a["lr"], b["lr"]))
+
+
+def test_keyed_samples_come_from_their_seed_not_the_global_rng(div2k: tuple[Path, Path], tmp_path: Path) -> None:
+    hr_dir, lr_dir = div2k
+    paired = PairedDataset(hr_dir, SCALE, PATCH, lr_dir=lr_dir, augment=True, samples_per_epoch=6)
+    _png(_crops()["0002"][:40, :37], tmp_path / "lr" / "real.png")
+    unpaired = UnpairedDataset(SCALE, PATCH, lr_dir=tmp_path / "lr", augment=True, samples_per_epoch=6)
+    for ds in (paired, unpaired):
+        torch.manual_seed(0)
+        first = [ds[(i, 100 + i)] for i in range(len(ds))]
+        torch.manual_seed(1)
+        torch.rand(7)  # another global RNG state and position
+        again = [ds[(i, 100 + i)] for i in range(len(ds))]
+        assert all(_same_sample(a, b) for a, b in zip(first, again, strict=True))
+        other_seeds = [ds[(i, 200 + i)] for i in range(len(ds))]
+        assert not all(_same_sample(a, b) for a, b in zip(first, other_seeds, strict=True))
+        torch.manual_seed(0)
+        state = torch.get_rng_state()
+        ds[(0, 5)]
+        assert torch.equal(torch.get_rng_state(), state), "a keyed sample must not consume the global RNG"
+        with pytest.raises(TypeError, match=r"\(index, seed\)"):
+            ds[(0, 1, 2)]
+        with pytest.raises(IndexError, match="out of range"):
+            ds[(len(ds), 1)]
 
 
 # ---------------------------------------------------------------- validation and bad input

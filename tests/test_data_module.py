@@ -142,6 +142,52 @@ def test_rank_world_epoch_from_trainer(data_root: Path) -> None:
         dm.train_dataloader()
 
 
+def _fake_trainer(rank: int, world: int) -> SimpleNamespace:
+    return SimpleNamespace(
+        global_rank=rank, world_size=world, current_epoch=0, _accelerator_connector=SimpleNamespace(use_distributed_sampler=False)
+    )
+
+
+def _batches_equal(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    return len(a) == len(b) and all(
+        x["name"] == y["name"] and torch.equal(x["hr"], y["hr"]) and all(map(torch.equal, x["lr"], y["lr"]))
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_ddp_ranks_draw_their_own_crops(data_root: Path, tmp_path: Path) -> None:
+    """Every rank seeds its global RNG alike (seed_everything); crops of the same image must still differ."""
+    _png(load_demo_image("astronaut")[:160, :160], tmp_path / "one" / "0000.png")
+    per_rank = []
+    for rank in range(2):
+        dm = _dm(data_root, train={"hr_dir": str(tmp_path / "one"), "samples_per_epoch": 8}, unpaired=None,
+                 unpaired_ratio=0.0, batch_size=2, steps_per_epoch=2)
+        dm.setup("fit")
+        dm.trainer = _fake_trainer(rank, 2)  # type: ignore[assignment]
+        torch.manual_seed(0)
+        per_rank.append(list(dm.train_dataloader()))
+    patches = [b["hr"][k] for batches in per_rank for b in batches for k in range(2)]
+    assert len(patches) == 8
+    assert all(not torch.equal(patches[i], patches[j]) for i in range(8) for j in range(i))
+
+
+def test_batches_do_not_depend_on_workers_or_on_earlier_batches(data_root: Path) -> None:
+    """Keyed crops: 0 or 2 workers give the same tensors, and a resumed epoch repeats the uninterrupted tail."""
+    from drn_lightning.reliability import _rebuild_loader, _ResumedBatchSampler
+
+    runs = {}
+    for workers in (0, 2):
+        dm = _dm(data_root, num_workers=workers, steps_per_epoch=4)
+        dm.setup("fit")
+        torch.manual_seed(workers)  # the global RNG plays no part
+        loader = dm.train_dataloader()
+        runs[workers] = list(loader)
+        resumed = _rebuild_loader(loader, _ResumedBatchSampler(loader.batch_sampler, 2, 0, lambda: None))
+        assert _batches_equal(list(resumed), runs[workers][2:])
+    assert _batches_equal(runs[0], runs[2])
+    assert int((~runs[0][0]["paired"]).sum()) == 3
+
+
 class _Probe(pl.LightningModule):
     """Records what the sampler saw at each epoch start and what validation received."""
 

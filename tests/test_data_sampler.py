@@ -126,3 +126,23 @@ def test_pool_smaller_than_a_batch_cycles() -> None:
     (s,) = _all_ranks(n_paired=3, n_unpaired=0, batch_size=9, unpaired_ratio=0.0, num_batches=2)
     for batch in s:
         assert Counter(batch) == Counter({0: 3, 1: 3, 2: 3})
+
+
+def test_keyed_batches_pair_each_index_with_the_seed_of_its_global_slot() -> None:
+    kw = dict(n_paired=30, n_unpaired=20, batch_size=4, unpaired_ratio=0.25, num_batches=3, num_replicas=2, seed=7)
+    plain = _all_ranks(**kw)
+    keyed = [MixedBatchSampler(**{**kw, "rank": r, "keyed": True}) for r in range(2)]  # type: ignore[arg-type]
+    for p, k in zip(plain, keyed, strict=True):
+        p.set_epoch(1)
+        k.set_epoch(1)
+        plain_batches, keyed_batches = list(p), list(k)
+        assert all(isinstance(i, int) for b in plain_batches for i in b)
+        assert [[i for i, _ in b] for b in keyed_batches] == plain_batches
+    seeds = [s for k in keyed for b in k for _, s in b]
+    assert len(seeds) == 2 * 3 * 4 and len(set(seeds)) == len(seeds)  # every slot of every global batch differs
+    again = MixedBatchSampler(**{**kw, "rank": 1, "keyed": True})  # type: ignore[arg-type]
+    again.set_epoch(1)
+    assert list(again) == list(keyed[1])
+    other_seed = MixedBatchSampler(**{**kw, "rank": 1, "keyed": True, "seed": 8})  # type: ignore[arg-type]
+    other_seed.set_epoch(1)
+    assert {s for b in other_seed for _, s in b}.isdisjoint(seeds)

@@ -258,6 +258,24 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(
 
 
 @pytest.mark.slow
+def test_resume_with_workers_matches_the_uninterrupted_run_without(
+    tmp_path: Path, cache: Path, reference: dict[str, Any]
+) -> None:
+    """Crops come from per-sample seeds: killed and resumed with 2 loader workers, the run still ends
+    bit-identical to the uninterrupted `num_workers=0` reference."""
+    with_workers = [o for o in TINY if not o.startswith("data.num_workers=")] + ["data.num_workers=2"]
+    run_dir = tmp_path / "run"
+    killer = ["+callbacks.killer._target_=helpers_reliability.KillAtStep", "+callbacks.killer.step=3"]
+    killed = train(run_dir, cache, *with_workers, *killer, tiny=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 2
+    resumed = train(run_dir, cache, *with_workers, "ckpt_path=last", tiny=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "skipping the 2 batches of epoch 0" in resumed.stderr + resumed.stdout
+    assert_same_training_state(load(run_dir / "checkpoints" / "last.ckpt"), reference)
+
+
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits(
     tmp_path: Path, cache: Path, reference: dict[str, Any]
 ) -> None:

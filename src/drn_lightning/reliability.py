@@ -6,8 +6,8 @@
   whose unpickling would run code is refused before anything in it executes.
 * :class:`ExactResume` (callback): stores the position inside the epoch and the RNG states in each
   checkpoint and, on resume, fast-forwards the train batch sampler past the batches already trained
-  on and restores the RNG states, so a run resumed mid-epoch continues with exactly the batches (and,
-  with ``num_workers=0``, the crops and flips) the uninterrupted run would have used.
+  on and restores the RNG states, so a run resumed mid-epoch continues with exactly the batches the
+  uninterrupted run would have used (crops and flips included: they come from per-sample seeds).
 * :class:`PreemptionCheckpoint` (callback): on SIGTERM (SLURM preemption) Lightning stops at the next
   batch boundary; this callback then saves ``last.ckpt`` so ``ckpt_path=last`` resumes from that step.
 * :func:`failure_message` / :data:`RUN_FAILURES`: the errors a run stops on by design, turned into one
@@ -304,10 +304,10 @@ class ExactResume(pl.Callback):
     resuming, wraps the train loader's batch sampler so its first epoch skips those batches and restores
     the RNG states right before the first batch is loaded.
 
-    Exact (bit-identical weights) for one process with ``data.num_workers=0``. With worker processes
-    the batches (which images, in which order) are still exact, but the workers' crop/flip RNG is
-    re-seeded, so augmentations after the resume differ. Under DDP each rank resumes its own batches,
-    but RNG states are not restored (the checkpoint holds rank 0's only).
+    The DataModules' crops and flips come from per-sample seeds (``MixedBatchSampler(keyed=True)``), so the
+    resumed batches are the same tensors with any ``num_workers`` (bit-identical weights, tested with 0 and
+    2 workers). Under DDP each rank resumes its own batches and crops, but the global RNG states are restored
+    in a single process only (the checkpoint holds rank 0's); DRN's training step draws nothing from them.
     """
 
     def __init__(self) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from drn_lightning.data.datasets import (
     BenchmarkDataset,
+    KeyedConcatDataset,
     LRCache,
     PairedDataset,
     UnpairedDataset,
@@ -37,7 +38,7 @@ from drn_lightning.data.io import (
     read_image_size,
     set_max_image_pixels,
 )
-from drn_lightning.data.samplers import MixedBatchSampler
+from drn_lightning.data.samplers import MixedBatchSampler, sample_seed
 
 if TYPE_CHECKING:
     from drn_lightning.data.datamodule import DemoDataModule, ShardSampler, SRDataModule
@@ -50,6 +51,7 @@ __all__ = [
     "BenchmarkDataset",
     "DemoDataModule",
     "ImageReadError",
+    "KeyedConcatDataset",
     "LRCache",
     "MixedBatchSampler",
     "PairedDataset",
@@ -67,6 +69,7 @@ __all__ = [
     "pyramid_factors",
     "read_image",
     "read_image_size",
+    "sample_seed",
     "set_max_image_pixels",
     "to_tensor",
 ]

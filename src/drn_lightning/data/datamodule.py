@@ -34,7 +34,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
-from drn_lightning.data.datasets import BenchmarkDataset, PairedDataset, UnpairedDataset
+from drn_lightning.data.datasets import BenchmarkDataset, KeyedConcatDataset, PairedDataset, UnpairedDataset
 from drn_lightning.data.demo import DEMO_FILES, default_demo_root, demo_image_path, materialize_demo
 from drn_lightning.data.io import ON_BAD_FILE_CHOICES
 from drn_lightning.data.samplers import MixedBatchSampler
@@ -335,26 +335,28 @@ class SRDataModule(pl.LightningDataModule):
             num_replicas=world,
             rank=rank,
             seed=self.seed,
+            keyed=True,
         )
         if self.trainer is not None:
             sampler.set_epoch(int(self.trainer.current_epoch))
         return sampler
 
     def train_dataset(self) -> ConcatDataset[Any]:
-        """``ConcatDataset([paired, unpaired])`` the sampler's indices refer to."""
+        """``ConcatDataset([paired, unpaired])`` the sampler's ``(index, seed)`` keys refer to."""
         if self.paired_dataset is None:
             raise RuntimeError("call setup('fit') before train_dataset()")
         parts: list[Dataset[Any]] = [self.paired_dataset]
         if self.unpaired_dataset is not None:
             parts.append(self.unpaired_dataset)
-        return ConcatDataset(parts)
+        return KeyedConcatDataset(parts)
 
     def train_dataloader(self) -> DataLoader[Any]:
         """Mixed paired/unpaired batches, sharded per rank by the sampler; default collate."""
         rank, world = self._dist()
         self._check_trainer_sampler_flag(world)
         generator = torch.Generator()
-        generator.manual_seed(self.seed * 100_003 + rank)  # per-rank worker seeds (crops, flips)
+        # Crops and flips come from each sample's key; this only seeds the workers' global RNGs per rank.
+        generator.manual_seed(self.seed * 100_003 + rank)
         return DataLoader(
             self.train_dataset(),
             batch_sampler=self.train_sampler(),

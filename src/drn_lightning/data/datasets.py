@@ -18,6 +18,7 @@ size ``p`` (``y``, ``x`` multiples of ``scale``) corresponds exactly to the LR c
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import math
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from drn_lightning.data.io import (
     ImageReadError,
@@ -46,7 +47,9 @@ from drn_lightning.data.io import (
 __all__ = [
     "BenchmarkDataset",
     "LRCache",
+    "KeyedConcatDataset",
     "PairedDataset",
+    "SampleKey",
     "UnpairedDataset",
     "augment_arrays",
     "crop_pyramid",
@@ -59,6 +62,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Sample = dict[str, Any]
+# (index, seed): the sample's crop and flips come from its own seed, so they do not depend on which process,
+# worker or rank loads it, nor on what was loaded before (exact resume, distinct crops per DDP rank).
+SampleKey = tuple[int, int]
 _CACHE_VERSION = "1"
 
 
@@ -189,17 +195,26 @@ def to_tensor(image: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(torch.float32)
 
 
-def _random_flags(augment: bool) -> tuple[bool, bool, bool]:
-    """Three fair coin flips (h-flip, v-flip, transpose) from torch's RNG, seeded per worker."""
+def _random_flags(augment: bool, generator: torch.Generator | None = None) -> tuple[bool, bool, bool]:
+    """Three fair coin flips (h-flip, v-flip, transpose) from the sample's generator, else torch's global RNG."""
     if not augment:
         return False, False, False
-    flips = torch.rand(3) < 0.5
+    flips = torch.rand(3, generator=generator) < 0.5
     return bool(flips[0]), bool(flips[1]), bool(flips[2])
 
 
-def _randint(high: int) -> int:
-    """Uniform integer in [0, high) from torch's RNG (which DataLoader seeds per worker)."""
-    return int(torch.randint(high, (1,)).item())
+def _randint(high: int, generator: torch.Generator | None = None) -> int:
+    """Uniform integer in [0, high) from the sample's generator, else torch's global RNG."""
+    return int(torch.randint(high, (1,), generator=generator).item())
+
+
+def _split_key(key: int | SampleKey) -> tuple[int, int | None]:
+    """``index`` -> (index, None: use the global RNG); ``(index, seed)`` -> (index, seed)."""
+    if isinstance(key, tuple):
+        if len(key) != 2:
+            raise TypeError(f"a sample key is an index or (index, seed), got {key!r}")
+        return int(key[0]), int(key[1])
+    return int(key), None
 
 
 # --------------------------------------------------------------------------- LR pyramid cache
@@ -439,6 +454,16 @@ class _PatchDataset(Dataset[Sample]):
         """Samples per epoch: ``samples_per_epoch`` or one per image."""
         return self.samples_per_epoch or self.num_images
 
+    def __getitem__(self, key: int | SampleKey) -> Sample:
+        """A random patch: from torch's global RNG for an index, from the key's own seed for ``(index, seed)``."""
+        index, seed = _split_key(key)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        return self._sample(index, None if seed is None else torch.Generator().manual_seed(seed))
+
+    def _sample(self, index: int, generator: torch.Generator | None) -> Sample:
+        raise NotImplementedError
+
 
 class PairedDataset(_PatchDataset):
     """Random aligned HR/LR-pyramid patches from a DIV2K/DF2K-style folder or an HR-only folder.
@@ -513,17 +538,15 @@ class PairedDataset(_PatchDataset):
         )
         return j, hr, lrs
 
-    def __getitem__(self, index: int) -> Sample:
+    def _sample(self, index: int, generator: torch.Generator | None) -> Sample:
         """A random scale-aligned patch with its exact LR crops, identically augmented."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
         j, hr, lrs = self._get_image(index % len(self._images))
         p, s = self.patch_size, self.scale
-        y = s * _randint((hr.shape[0] - p) // s + 1)
-        x = s * _randint((hr.shape[1] - p) // s + 1)
+        y = s * _randint((hr.shape[0] - p) // s + 1, generator)
+        x = s * _randint((hr.shape[1] - p) // s + 1, generator)
         hr_patch, lr_patches = crop_pyramid(hr, lrs, self.factors, p, y, x)
         assert hr_patch is not None
-        arrays = augment_arrays([hr_patch, *lr_patches], *_random_flags(self.augment))
+        arrays = augment_arrays([hr_patch, *lr_patches], *_random_flags(self.augment, generator))
         return {
             "lr": [to_tensor(a) for a in arrays[1:]],
             "hr": to_tensor(arrays[0]),
@@ -621,18 +644,16 @@ class UnpairedDataset(_PatchDataset):
             return self._memory[image_index]
         return self._load(self.files[image_index])
 
-    def __getitem__(self, index: int) -> Sample:
+    def _sample(self, index: int, generator: torch.Generator | None) -> Sample:
         """A random LR patch with zero placeholders for the levels and HR it does not have."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
         j, lr = _load_readable(
             index % len(self.files), len(self.files), self.load_full, self.files.__getitem__,
             self.on_bad_file, self._bad, self.source_dir,
         )
         q = self.lr_patch
-        y = _randint(lr.shape[0] - q + 1)
-        x = _randint(lr.shape[1] - q + 1)
-        (patch,) = augment_arrays([lr[y : y + q, x : x + q]], *_random_flags(self.augment))
+        y = _randint(lr.shape[0] - q + 1, generator)
+        x = _randint(lr.shape[1] - q + 1, generator)
+        (patch,) = augment_arrays([lr[y : y + q, x : x + q]], *_random_flags(self.augment, generator))
         placeholders = [torch.zeros(3, self.patch_size // f, self.patch_size // f) for f in self.factors[1:]]
         return {
             "lr": [to_tensor(patch), *placeholders],
@@ -640,6 +661,20 @@ class UnpairedDataset(_PatchDataset):
             "paired": torch.tensor(False),
             "name": self.files[j].name,
         }
+
+
+class KeyedConcatDataset(ConcatDataset[Sample]):
+    """``ConcatDataset`` that also takes ``(index, seed)`` keys, passing the seed on to the part holding ``index``."""
+
+    def __getitem__(self, key: int | SampleKey) -> Sample:  # type: ignore[override]
+        index, seed = _split_key(key)
+        if seed is None:
+            return super().__getitem__(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        part = bisect.bisect_right(self.cumulative_sizes, index)
+        offset = self.cumulative_sizes[part - 1] if part else 0
+        return self.datasets[part][(index - offset, seed)]
 
 
 class BenchmarkDataset(Dataset[Sample]):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["MixedBatchSampler"]
+__all__ = ["MixedBatchSampler", "sample_seed"]
 
 _PAIRED, _UNPAIRED = 0, 1
 
@@ -21,7 +22,13 @@ def _positive_int(value: int, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-class MixedBatchSampler(Sampler[list[int]]):
+def sample_seed(seed: int, global_index: int, slot: int) -> int:
+    """The crop/flip seed of one slot of one global batch: a function of where the sample sits, never of
+    which process, worker or rank loads it (independent streams via numpy's ``SeedSequence``)."""
+    return int(np.random.SeedSequence([seed, global_index, slot]).generate_state(1, np.uint64)[0])
+
+
+class MixedBatchSampler(Sampler[list[Any]]):
     """Yields this rank's index lists into ``ConcatDataset([paired, unpaired])``.
 
     Each *global* batch (``batch_size * num_replicas`` samples, one ``batch_size`` slice per rank)
@@ -40,6 +47,10 @@ class MixedBatchSampler(Sampler[list[int]]):
     its permutation. Epoch ``e`` starts at global batch ``e * num_batches``, continuing where
     epoch ``e - 1`` stopped rather than restarting (short epochs still cover the whole pool over
     training); batches depend only on ``seed``, epoch and batch index, never on call history.
+
+    With ``keyed=True`` each entry is an ``(index, seed)`` key instead (see ``rank_keys``): the seed of the
+    sample's slot in its global batch, so the dataset draws that sample's crop and flips from it. Crops then
+    differ between ranks, match between ``num_workers`` settings, and repeat exactly after a resume.
     """
 
     def __init__(
@@ -52,6 +63,7 @@ class MixedBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         seed: int = 0,
+        keyed: bool = False,
     ) -> None:
         """Validate the mix and precompute the per-global-batch counts."""
         self.n_paired = _positive_int(n_paired, "n_paired", 0)
@@ -61,6 +73,7 @@ class MixedBatchSampler(Sampler[list[int]]):
         self.num_replicas = _positive_int(num_replicas, "num_replicas")
         self.rank = _positive_int(rank, "rank", 0)
         self.seed = _positive_int(seed, "seed", 0)
+        self.keyed = bool(keyed)
         if self.rank >= self.num_replicas:
             raise ValueError(f"rank must be in [0, num_replicas={self.num_replicas}), got {rank!r}")
         ratio = float(unpaired_ratio)
@@ -147,8 +160,17 @@ class MixedBatchSampler(Sampler[list[int]]):
             unpaired = [self.n_paired + i for i in drawn]
         return paired + unpaired
 
-    def __iter__(self) -> Iterator[list[int]]:
-        """This rank's batches for the current epoch."""
+    def rank_keys(self, global_index: int, rank: int) -> list[tuple[int, int]]:
+        """``rank_batch`` with each index paired with the seed of its slot in the global batch."""
+        first_slot = rank * self.batch_size
+        return [
+            (index, sample_seed(self.seed, global_index, first_slot + k))
+            for k, index in enumerate(self.rank_batch(global_index, rank))
+        ]
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        """This rank's batches for the current epoch: index lists, or ``(index, seed)`` lists when keyed."""
         first = self.epoch * self.num_batches
+        batch_of = self.rank_keys if self.keyed else self.rank_batch
         for b in range(self.num_batches):
-            yield self.rank_batch(first + b, self.rank)
+            yield batch_of(first + b, self.rank)
