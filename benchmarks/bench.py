@@ -14,7 +14,10 @@ the per-case JSON, prints a table and writes `bench.json`:
                   per network, `loss.item()` per step
   train_ours      a real `Trainer.fit` of our DRNLitModule built by `drn_lightning.train.prepare` from the
                   Hydra config (our defaults: channels_last, one Adam, cosine per step; logger, progress bar,
-                  checkpointing and validation off), on a fixed batch so data loading costs nothing
+                  checkpointing and validation off), on a fixed batch so data loading costs nothing; fp32, so its
+                  losses can be checked against the reference
+  train_mixed     the same in bf16 mixed precision, where bf16 is fast: on CUDA (with torch.compile, the issue's
+                  GPU recipe) and on CPUs with AMX (Intel Sapphire Rapids and later); skipped elsewhere
   infer_ref/ours  128x128 -> x4: eager contiguous `model(lr)[-1]` under no_grad vs our `Upscaler`
                   (inference_mode + channels_last)
   upscale_whole / upscale_tiled   a 1024x1024 image through DRN-S x4: peak RSS and seconds
@@ -51,6 +54,7 @@ if str(REPO / "src") not in sys.path:  # run from a checkout without installing
 # Quality gates from issue 6 (reported as hold/miss; nothing here fails the run).
 TARGETS = {
     "train_speedup_vs_reference": 1.15,
+    "train_mixed_speedup_vs_reference": 2.5,  # CUDA only: bf16 mixed + channels_last + compile vs the fp32 reference
     "train_fraction_of_peak": 0.75,
     "infer_speedup_vs_reference": 1.2,
     "tiled_rss_fraction_of_whole": 0.25,
@@ -58,6 +62,7 @@ TARGETS = {
     "data_to_model_ratio": 4.0,
 }
 NUMERICS_RTOL = 1e-4
+MIXED_RTOL = 1e-2  # bf16 keeps 8 mantissa bits: a sanity bound for the mixed-precision losses, not an equality
 DUAL_WEIGHT = 0.1  # the paper's lambda
 SKIP_THRESHOLD = 1e6  # the authors' --skip_threshold default
 
@@ -96,6 +101,29 @@ def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
     return cpu_model()
+
+
+def cpu_has_amx_bf16() -> bool:
+    """True on CPUs with AMX bf16 tiles (Intel Sapphire Rapids and later), where oneDNN's bf16 convolutions run
+    several times faster than fp32; elsewhere CPU bf16 is slower than fp32."""
+    try:
+        flags = next(
+            (line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("flags")), [],
+        )
+    except OSError:
+        flags = []
+    return "amx_bf16" in flags
+
+
+def mixed_precision_overrides(device: str) -> list[str] | None:
+    """Our fast mixed-precision recipe for the device, or None where bf16 is not fast (CPUs without AMX)."""
+    if device.startswith("cuda"):
+        return ["trainer.precision=bf16-mixed", "compile=true"]
+    if cpu_has_amx_bf16():
+        # Eager: torch.compile took ~70 s per process to gain ~12 % here (0.66 vs 0.74 s per DRN-S x4 step).
+        return ["trainer.precision=bf16-mixed"]
+    return None
 
 
 def sync(device: str) -> None:
@@ -262,6 +290,7 @@ def ours_overrides(variant: str, scale: int, steps: int, device: str) -> list[st
         f"model={variant}",
         f"scale={scale}",
         f"trainer={'gpu' if device.startswith('cuda') else 'cpu'}",
+        "trainer.precision=32-true",  # the fp32 step (the mixed-precision case adds its own override after this)
         "~logger",
         "callbacks=none",
         f"trainer.max_steps={steps}",
@@ -513,14 +542,15 @@ def case_infer(p: dict[str, Any]) -> dict[str, Any]:
     else:
         from drn_lightning.inference import Upscaler
 
-        upscaler = Upscaler(primal, device=device)
+        upscaler = Upscaler(primal, device=device, precision=p.get("precision", "fp32"))
 
         def run() -> Any:
             result["sr"] = upscaler.upscale_tensor(lr)
 
     out = _timed_calls(run, device, p["warmup"], p["reps"])
     torch.save(result["sr"].detach().float().cpu().contiguous().clone(), p["tensor_out"])
-    out.update(peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads(), input=[1, 3, size, size])
+    out.update(peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads(), input=[1, 3, size, size],
+               precision=p.get("precision", "fp32"))
     return out
 
 
@@ -722,6 +752,10 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             "targets": TARGETS,
         }
         sections = set(args.sections.split(","))
+        mixed_overrides = {"auto": mixed_precision_overrides(args.device), "off": None,
+                           "on": mixed_precision_overrides(args.device) or ["trainer.precision=bf16-mixed"]}[args.mixed]
+        report["mixed_precision"] = {"overrides": mixed_overrides, "cpu_amx_bf16": cpu_has_amx_bf16(),
+                                     "mode": args.mixed}
         peak = run("peak", "peak: matmul + 64-ch 3x3 conv", {
             "matmul_n": sizes["matmul_n"], "conv_shape": sizes["conv_shape"], "reps": sizes["peak_reps"],
         }) if "peak" in sections else None
@@ -735,26 +769,43 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             # Reference and ours alternate (ref, ours, ref, ours, ...) and each keeps its fastest round, so a
             # neighbour's burst of CPU load on a shared machine hits both sides alike instead of one.
             rounds = args.rounds
-            train_runs: dict[str, list[Any]] = {"ref": [], "ours": []}
+            train_runs: dict[str, list[Any]] = {"ref": [], "ours": [], "mixed": []}
             for r in range(rounds if "train" in sections else 0):
                 tag = f" (round {r + 1}/{rounds})" if rounds > 1 else ""
                 train_runs["ref"].append(run("train_ref", f"{name}: train step, reference (authors' loop){tag}",
                                              {**common, "count_flops": r == 0}))
                 train_runs["ours"].append(run("train_ours", f"{name}: train step, ours (Lightning Trainer.fit){tag}",
                                               {**common, "overrides": args.ours_override}))
+                if mixed_overrides is not None:
+                    train_runs["mixed"].append(run(
+                        "train_ours", f"{name}: train step, ours, {' '.join(mixed_overrides)}{tag}",
+                        {**common, "overrides": [*args.ours_override, *mixed_overrides]},
+                    ))
             ref, ours = best_round(train_runs["ref"], "step_s"), best_round(train_runs["ours"], "step_s")
-            infer_runs: dict[str, list[Any]] = {"ref": [], "ours": []}
+            mixed = best_round(train_runs["mixed"], "step_s")
+            infer_runs: dict[str, list[Any]] = {"ref": [], "ours": [], "ours_bf16": []}
+            infer_kinds = [("ref", "ref", "fp32"), ("ours", "ours", "fp32")]
+            if mixed_overrides is not None:  # `Upscaler(precision="bf16")`, `drn-sr upscale --precision bf16`
+                infer_kinds.append(("ours_bf16", "ours", "bf16"))
             for r in range(rounds if "infer" in sections else 0):
                 tag = f" (round {r + 1}/{rounds})" if rounds > 1 else ""
-                for impl in ("ref", "ours"):
-                    infer_runs[impl].append(run("infer", f"{name}: inference {sizes['infer_size']}px x{scale}, {impl}{tag}", {
+                for kind, impl, precision in infer_kinds:
+                    infer_runs[kind].append(run("infer", f"{name}: inference {sizes['infer_size']}px x{scale}, {kind}{tag}", {
                         "variant": variant, "scale": scale, "size": sizes["infer_size"], "impl": impl,
-                        "warmup": sizes["infer_warmup"], "reps": sizes["infer_reps"],
-                        "tensor_out": str(workdir / f"{name}_{impl}_sr.pt"),
+                        "precision": precision, "warmup": sizes["infer_warmup"], "reps": sizes["infer_reps"],
+                        "tensor_out": str(workdir / f"{name}_{kind}_sr.pt"),
                     }))
             infer = {impl: best_round(runs, "seconds") for impl, runs in infer_runs.items()}
-            entry: dict[str, Any] = {"train_ref": ref, "train_ours": ours, "infer_ref": infer["ref"],
-                                     "infer_ours": infer["ours"]}
+            entry: dict[str, Any] = {"train_ref": ref, "train_ours": ours, "train_mixed": mixed,
+                                     "infer_ref": infer["ref"], "infer_ours": infer["ours"],
+                                     "infer_ours_bf16": infer["ours_bf16"]}
+            if ref and mixed:
+                entry["train_mixed_speedup_vs_reference"] = ref["step_s"] / mixed["step_s"]
+                diffs = [relative_difference(a, b) for a, b in zip(mixed["losses"], ref["losses"])]
+                entry["mixed_numerics"] = {
+                    "loss_mixed": mixed["losses"], "rel_diff": diffs, "rtol": MIXED_RTOL,
+                    "ok": bool(len(diffs) == 2 and max(diffs) <= MIXED_RTOL),
+                }
             counted = next((r for r in train_runs["ref"] if r and "step_flops" in r), None)
             if ref and ours and counted:
                 entry["train_speedup_vs_reference"] = ref["step_s"] / ours["step_s"]
@@ -775,6 +826,11 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 a = torch.load(workdir / f"{name}_ref_sr.pt")
                 b = torch.load(workdir / f"{name}_ours_sr.pt")
                 entry["infer_max_abs_diff"] = float((a - b).abs().max())
+            if infer["ref"] and infer["ours_bf16"]:
+                entry["infer_bf16_speedup_vs_reference"] = infer["ref"]["seconds"] / infer["ours_bf16"]["seconds"]
+                a = torch.load(workdir / f"{name}_ref_sr.pt")
+                b = torch.load(workdir / f"{name}_ours_bf16_sr.pt")
+                entry["infer_bf16_max_abs_diff"] = float((a - b).abs().max())
             report["variants"][name] = entry
 
         big_variant, big_scale = sizes["big_variant"]
@@ -812,8 +868,13 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     report["headline_variant"] = f"{sizes['variants'][0][0]}_x{sizes['variants'][0][1]}"
     report["train_speedup_vs_reference"] = first.get("train_speedup_vs_reference")
     report["train_fraction_of_peak"] = first.get("train_fraction_of_peak")
+    report["train_mixed_speedup_vs_reference"] = first.get("train_mixed_speedup_vs_reference")
     report["infer_speedup_vs_reference"] = first.get("infer_speedup_vs_reference")
     report["numerics_ok"] = all(v.get("numerics", {}).get("ok", False) for v in report["variants"].values())
+    report["mixed_numerics_ok"] = (
+        all(v.get("mixed_numerics", {}).get("ok", False) for v in report["variants"].values())
+        if any("mixed_numerics" in v for v in report["variants"].values()) else None
+    )
     report["whole_peak_rss_mb"] = whole["peak_rss_mb"] if whole else None
     report["tiled_peak_rss_mb"] = tiled["peak_rss_mb"] if tiled else None
     report["tiled_rss_fraction_of_whole"] = _ratio(report["tiled_peak_rss_mb"], report["whole_peak_rss_mb"])
@@ -842,7 +903,7 @@ def targets_met(report: dict[str, Any]) -> dict[str, bool | None]:
     met: dict[str, bool | None] = {}
     for key, goal in TARGETS.items():
         value = report.get(key)
-        if value is None:
+        if value is None or (key == "train_mixed_speedup_vs_reference" and report["device_type"] != "cuda"):
             met[key] = None
         elif key in ("tiled_rss_fraction_of_whole", "tiled_peak_rss_mb"):
             met[key] = value <= goal
@@ -887,13 +948,37 @@ def print_report(report: dict[str, Any]) -> None:
         )
     console.print(table)
 
+    mixed_info = report.get("mixed_precision") or {}
+    if mixed_info.get("overrides"):
+        table = Table(title=f"Training step, ours in mixed precision ({' '.join(mixed_info['overrides'])}) "
+                            "vs the fp32 reference")
+        for col in ("variant", "reference s/step", "mixed s/step", "speedup", "fp32 ours s/step",
+                    "loss rel diff vs fp32 ref (step 0, 1)"):
+            table.add_column(col, justify="left" if col == "variant" else "right")
+        for name, v in report["variants"].items():
+            ref, mixed, ours = v.get("train_ref") or {}, v.get("train_mixed") or {}, v.get("train_ours") or {}
+            num = v.get("mixed_numerics") or {}
+            table.add_row(
+                name, _fmt(ref.get("step_s"), ".3f"), _fmt(mixed.get("step_s"), ".3f"),
+                _fmt(v.get("train_mixed_speedup_vs_reference"), ".2f", "x"), _fmt(ours.get("step_s"), ".3f"),
+                ", ".join(f"{d:.1e}" for d in num.get("rel_diff", [])) + (
+                    f" (within {num['rtol']:g})" if num.get("ok") else " FAIL" if num else ""),
+            )
+        console.print(table)
+    else:
+        console.print("mixed precision: skipped (bf16 is slower than fp32 on this CPU: no AMX; --mixed on forces it)")
+
     table = Table(title=f"Inference {report['settings']['infer_size']}x{report['settings']['infer_size']} -> x scale")
-    for col in ("variant", "reference s", "ours s", "speedup", "max |diff|"):
+    for col in ("variant", "reference s", "ours s", "speedup", "max |diff|", "ours bf16 s", "bf16 speedup",
+                "bf16 max |diff|"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for name, v in report["variants"].items():
         table.add_row(name, _fmt((v.get("infer_ref") or {}).get("seconds"), ".3f"),
                       _fmt((v.get("infer_ours") or {}).get("seconds"), ".3f"),
-                      _fmt(v.get("infer_speedup_vs_reference"), ".2f", "x"), _fmt(v.get("infer_max_abs_diff"), ".2e"))
+                      _fmt(v.get("infer_speedup_vs_reference"), ".2f", "x"), _fmt(v.get("infer_max_abs_diff"), ".2e"),
+                      _fmt((v.get("infer_ours_bf16") or {}).get("seconds"), ".3f"),
+                      _fmt(v.get("infer_bf16_speedup_vs_reference"), ".2f", "x"),
+                      _fmt(v.get("infer_bf16_max_abs_diff"), ".2f"))
     console.print(table)
 
     up = report.get("upscale") or {}
@@ -914,6 +999,8 @@ def print_report(report: dict[str, Any]) -> None:
     rows = [
         ("train_speedup_vs_reference", _fmt(report.get("train_speedup_vs_reference"), ".3f", "x"), ">= 1.15x"),
         ("train_fraction_of_peak", _fmt(report.get("train_fraction_of_peak"), ".1%"), ">= 75%"),
+        ("train_mixed_speedup_vs_reference", _fmt(report.get("train_mixed_speedup_vs_reference"), ".2f", "x"),
+         ">= 2.5x (CUDA)"),
         ("infer_speedup_vs_reference", _fmt(report.get("infer_speedup_vs_reference"), ".2f", "x"), ">= 1.2x"),
         ("tiled_peak_rss_mb", _fmt(report.get("tiled_peak_rss_mb"), ".0f", " MB"), "<= 2048 MB"),
         ("tiled_rss_fraction_of_whole", _fmt(report.get("tiled_rss_fraction_of_whole"), ".3f"), "<= 0.25"),
@@ -954,6 +1041,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="Upscaler tile passes: 1 (default here, the fastest) or 2 (the Upscaler's default, ~2x time)")
     parser.add_argument("--ours-override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra Hydra override for our training case (repeatable), e.g. compile=true")
+    parser.add_argument("--mixed", choices=("auto", "on", "off"), default="auto",
+                        help="bf16 mixed-precision training case: auto = on CUDA (+ torch.compile) and on CPUs with "
+                             "AMX, where bf16 is fast; on = always (--quick does, to test the plumbing); off = never")
     parser.add_argument("--rounds", type=int, default=2,
                         help="alternating reference/ours rounds per training and inference case; the fastest counts")
     parser.add_argument("--sections", default="peak,train,infer,upscale,data",
@@ -969,6 +1059,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.rounds = 1
+        if args.mixed == "auto":
+            args.mixed = "on"
     if args.quick and args.threads is None:
         args.threads = 1  # quick mode checks plumbing, not speed: one thread is immune to OpenMP stalls on busy hosts
     if args.device == "auto":

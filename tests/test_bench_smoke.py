@@ -20,6 +20,7 @@ HEADLINE_NUMBERS = (
     "whole_peak_rss_mb",
     "data_to_model_ratio",
     "train_fraction_of_peak",
+    "train_mixed_speedup_vs_reference",
     "conv_peak_gflops",
     "matmul_peak_gflops",
 )
@@ -49,6 +50,13 @@ def test_quick_bench_writes_complete_json(tmp_path: Path) -> None:
         assert variant[case]["step_s"] > 0 and variant[case]["samples_per_s"] > 0
         assert len(variant[case]["losses"]) == 2
     assert variant["train_ours"]["channels_last"] is True
+    # --quick forces the bf16 mixed-precision case (auto runs it only where bf16 is fast: CUDA, AMX CPUs).
+    assert report["mixed_precision"]["overrides"][0] == "trainer.precision=bf16-mixed"
+    assert variant["train_mixed"]["step_s"] > 0 and len(variant["train_mixed"]["losses"]) == 2
+    assert variant["mixed_numerics"]["ok"] is True and report["mixed_numerics_ok"] is True
+    assert variant["mixed_numerics"]["rel_diff"][0] > 0  # bf16 really ran: not the fp32 losses again
+    assert report["targets_met"]["train_mixed_speedup_vs_reference"] is None  # the 2.5x target is for CUDA
+    assert variant["infer_ours_bf16"]["precision"] == "bf16" and variant["infer_bf16_max_abs_diff"] < 8.0
     assert variant["numerics"]["ok"] is True
     assert variant["step_gflop"] > 0 and variant["infer_max_abs_diff"] < 1e-2
     for mode in ("whole", "tiled"):
@@ -57,3 +65,17 @@ def test_quick_bench_writes_complete_json(tmp_path: Path) -> None:
     assert report["data"]["samples_per_s"] > 0
 
     assert "Targets" in proc.stdout and str(out.resolve()) in proc.stdout
+
+
+def test_mixed_precision_recipe_per_device(monkeypatch) -> None:
+    """bf16 where it is fast: CUDA with torch.compile, CPUs with AMX; none on other CPUs (bf16 is slower there)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("drn_bench_recipe", REPO / "benchmarks" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.mixed_precision_overrides("cuda") == ["trainer.precision=bf16-mixed", "compile=true"]
+    monkeypatch.setattr(bench, "cpu_has_amx_bf16", lambda: False)
+    assert bench.mixed_precision_overrides("cpu") is None
+    monkeypatch.setattr(bench, "cpu_has_amx_bf16", lambda: True)
+    assert bench.mixed_precision_overrides("cpu") == ["trainer.precision=bf16-mixed"]

@@ -48,16 +48,31 @@ class MeanShift(nn.Conv2d):
             self.bias.copy_(sign * rgb_range * torch.tensor(RGB_MEAN))
 
 
+def _spatial_mean(x: Tensor, keepdim: bool = False) -> Tensor:
+    """Mean over H and W. For bf16 through a native sum (the kernel accumulates in float32): `mean` on a CPU bf16
+    tensor first copies the whole activation to float32, 5x slower. fp16 keeps `mean` (a native sum could overflow)."""
+    if x.dtype != torch.bfloat16:
+        return x.mean(dim=(2, 3), keepdim=keepdim)
+    return x.sum(dim=(2, 3), keepdim=keepdim) * (1.0 / (x.shape[2] * x.shape[3]))
+
+
+def _spatial_sum(x: Tensor) -> Tensor:
+    """(N, C) sums over H and W in at least float32, without a float32 copy of a bf16 input (see `_spatial_mean`)."""
+    if x.dtype == torch.bfloat16:
+        return x.sum(dim=(2, 3)).float()
+    return x.sum(dim=(2, 3), dtype=torch.promote_types(x.dtype, torch.float32))
+
+
 def _attention_backward(
     grad_gate: Tensor, pooled: Tensor, hidden: Tensor, gate: Tensor, wd: Tensor, wu: Tensor, pixels: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Backward of `gate = sigmoid(wu . relu(wd . pooled + bd) + bu)` on (N, C) vectors, in float32 (no-ops in
-    fp32; under autocast the gate may be bf16/fp16).
+    """Backward of `gate = sigmoid(wu . relu(wd . pooled + bd) + bu)` on (N, C) vectors, in at least float32
+    (under autocast the gate is bf16/fp16).
 
     Returns the gradient reaching each pixel through the spatial mean (`d pooled / pixels`) and the gradients of
     wd, bd, wu, bu in the weights' dtypes.
     """
-    f32 = torch.float32
+    f32 = torch.promote_types(gate.dtype, torch.float32)
     n, c = grad_gate.shape
     gate, hidden, pooled = gate.reshape(n, c).to(f32), hidden.reshape(n, -1).to(f32), pooled.reshape(n, c).to(f32)
     grad_z2 = grad_gate.to(f32) * gate * (1 - gate)  # through the sigmoid
@@ -79,7 +94,7 @@ class _ChannelGate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: object, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
-        pooled = x.mean(dim=(2, 3), keepdim=True)
+        pooled = _spatial_mean(x, keepdim=True)
         hidden = torch.relu(F.conv2d(pooled, w1, b1))
         gate = torch.sigmoid(F.conv2d(hidden, w2, b2))
         ctx.save_for_backward(x, pooled, hidden, gate, w1, w2)  # type: ignore[attr-defined]
@@ -89,7 +104,7 @@ class _ChannelGate(torch.autograd.Function):
     def backward(ctx: object, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         x, pooled, hidden, gate, w1, w2 = ctx.saved_tensors  # type: ignore[attr-defined]
         n, c = x.shape[:2]
-        grad_gate = (grad * x).sum(dim=(2, 3), dtype=torch.float32)
+        grad_gate = _spatial_sum(grad * x)
         grad_pooled, grad_w1, grad_b1, grad_w2, grad_b2 = _attention_backward(
             grad_gate, pooled, hidden, gate, w1, w2, x.shape[2] * x.shape[3]
         )
@@ -120,7 +135,7 @@ class ChannelAttention(nn.Module):
         if self.fused_backward and self.training and torch.is_grad_enabled() and not torch.jit.is_tracing():
             conv1, conv2 = self.conv_du[0], self.conv_du[2]
             return _ChannelGate.apply(x, conv1.weight, conv1.bias, conv2.weight, conv2.bias)
-        return x * self.conv_du(x.mean(dim=(2, 3), keepdim=True))
+        return x * self.conv_du(_spatial_mean(x, keepdim=True))
 
 
 def _rcab_forward(
@@ -135,18 +150,18 @@ def _rcab_forward(
     n, c = x.shape[:2]
     y1 = F.conv2d(x, w1, b1, padding=1).relu_()
     y2 = F.conv2d(y1, w2, b2, padding=1)
-    pooled = y2.mean(dim=(2, 3))
+    pooled = _spatial_mean(y2)
     hidden = torch.relu(torch.addmm(bd, pooled, wd.flatten(1).t()))
     gate = torch.sigmoid(torch.addmm(bu, hidden, wu.flatten(1).t()))
     return torch.addcmul(x, y2, gate.view(n, c, 1, 1)), (y1, y2, pooled, hidden, gate)
 
 
 class _FusedRCAB(torch.autograd.Function):
-    """A whole RCAB for fp32 training: `_rcab_forward` plus a hand-scheduled backward.
+    """A whole RCAB for training: `_rcab_forward` plus a hand-scheduled backward, in the inputs' dtype.
 
     Same saved tensors as autograd, minus its extra memory passes: the ReLU backward and the residual's
     gradient are written in place into the convolution gradients, and the attention's backward runs on
-    (N, C) vectors.
+    (N, C) vectors (in float32 when the activations are bf16/fp16).
     """
 
     @staticmethod
@@ -165,10 +180,10 @@ class _FusedRCAB(torch.autograd.Function):
         needs = ctx.needs_input_grad
         n, c = x.shape[:2]
         grad_pooled, grad_wd, grad_bd, grad_wu, grad_bu = _attention_backward(
-            (grad * y2).sum(dim=(2, 3)), pooled, hidden, gate, wd, wu, x.shape[2] * x.shape[3]
+            _spatial_sum(grad * y2), pooled, hidden, gate, wd, wu, x.shape[2] * x.shape[3]
         )
-        # d out / d y2 = gate, plus the mean's share, in one pass.
-        grad_y2 = torch.addcmul(grad_pooled.view(n, c, 1, 1), grad, gate.view(n, c, 1, 1))
+        # d out / d y2 = gate, plus the mean's share, in one pass (in the activations' dtype).
+        grad_y2 = torch.addcmul(grad_pooled.view(n, c, 1, 1).to(grad.dtype), grad, gate.view(n, c, 1, 1))
         conv = torch.ops.aten.convolution_backward
         grad_y1, grad_w2, grad_b2 = conv(
             grad_y2, y1, w2, [c], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, needs[3], needs[4]]
@@ -185,10 +200,11 @@ class _FusedRCAB(torch.autograd.Function):
 class RCAB(nn.Module):
     """Residual channel-attention block: conv-ReLU-conv-CA plus identity.
 
-    Runs as `_rcab_forward` (inference) or `_FusedRCAB` (fp32 training): same maths as the modules, fewer
-    memory passes. Set the class attribute `fused = False` for plain autograd over the modules (the authors'
-    behaviour, the benchmark's reference); autocast, TorchScript tracing and forward hooks on the inner
-    modules always take the module path.
+    Runs as `_rcab_forward` (inference) or `_FusedRCAB` (training): same maths as the modules, fewer memory
+    passes. Under autocast the block casts its input and weights to the autocast dtype once and runs the same
+    functions in it, as autocast would run the modules. Set the class attribute `fused = False` for plain
+    autograd over the modules (the authors' behaviour, the benchmark's reference); TorchScript tracing and
+    forward hooks on the inner modules always take the module path.
     """
 
     fused = True
@@ -219,20 +235,23 @@ class RCAB(nn.Module):
         return any(m._forward_hooks or m._forward_pre_hooks for m in self.body.modules())
 
     def forward(self, x: Tensor) -> Tensor:
-        if (
-            self.fused
-            and not torch.is_autocast_enabled(x.device.type)
-            and not torch.jit.is_tracing()
-            and not self._observed()
-        ):
-            if not (self.training and torch.is_grad_enabled()):
-                return _rcab_forward(x, *self._fused_weights())[0]
-            if x.dtype == torch.float32:
-                return _FusedRCAB.apply(x, *self._fused_weights())
+        if self.fused and not torch.jit.is_tracing() and not self._observed():
+            weights = self._fused_weights()
+            device_type = x.device.type
+            if not torch.is_autocast_enabled(device_type):
+                return self._run_fused(x, weights)
+            dtype = torch.get_autocast_dtype(device_type)
+            with torch.autocast(device_type, enabled=False):  # explicit casts: the backward then sees one dtype
+                return self._run_fused(x.to(dtype), tuple(w.to(dtype) for w in weights))
         # The attention output is a fresh tensor, so adding in place saves one activation-sized buffer.
         out = self.body(x)
         out += x
         return out
+
+    def _run_fused(self, x: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
+        if self.training and torch.is_grad_enabled():
+            return _FusedRCAB.apply(x, *weights)
+        return _rcab_forward(x, *weights)[0]
 
 
 class DownBlock(nn.Module):
