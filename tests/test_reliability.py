@@ -323,10 +323,16 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits(
 # ---------------------------------------------------------------------------------------------- 2. NaN / Inf
 
 
+# `host`: checked in training_step (the CPU default); `device`: flagged on the device, the fused Adam skips the
+# step, the host reads the loss later without a sync (the CUDA default), run here on the CPU.
 @pytest.mark.slow
-def test_nonfinite_loss_stops_naming_step_and_files_and_keeps_last_good_checkpoint(tmp_path: Path, cache: Path) -> None:
+@pytest.mark.parametrize("check", ["host", "device"])
+def test_nonfinite_loss_stops_naming_step_and_files_and_keeps_last_good_checkpoint(
+    tmp_path: Path, cache: Path, check: str
+) -> None:
     run_dir = tmp_path / "run"
-    result = train(run_dir, cache, "+callbacks.poison._target_=helpers_reliability.PoisonBatchAtStep", "+callbacks.poison.step=3")
+    result = train(run_dir, cache, "+callbacks.poison._target_=helpers_reliability.PoisonBatchAtStep",
+                   "+callbacks.poison.step=3", f"nonfinite_check={check}")
     assert result.returncode == 1
     (line,) = error_lines(result.stderr)
     assert "non-finite loss (nan) at global step 3" in line
@@ -340,12 +346,14 @@ def test_nonfinite_loss_stops_naming_step_and_files_and_keeps_last_good_checkpoi
 
 
 @pytest.mark.slow
-def test_nonfinite_loss_skip_logs_and_continues(tmp_path: Path, cache: Path) -> None:
+@pytest.mark.parametrize("check", ["host", "device"])
+def test_nonfinite_loss_skip_logs_and_continues(tmp_path: Path, cache: Path, check: str) -> None:
     run_dir = tmp_path / "run"
     result = train(
         run_dir,
         cache,
         "nonfinite_loss=skip",
+        f"nonfinite_check={check}",
         "+callbacks.poison._target_=helpers_reliability.PoisonBatchAtStep",
         "+callbacks.poison.step=3",
         "+callbacks.poison.value=inf",

@@ -8,6 +8,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from conftest import REPO_ROOT, TINY_TRAIN, compose_train, execute_notebook, run_module
 from hydra.utils import instantiate
@@ -48,6 +49,7 @@ def test_top_level_scale_builds_drn_l_x8_and_4_device_ddp(tmp_path: Path, demo_c
         (["data=df2k", "paths.data_dir=/nonexistent"], "data.train.hr_dir"),
         (["model.optimizer.lr=-1"], "model.optimizer.lr=-1"),
         (["nonfinite_loss=ignore"], "nonfinite_loss='ignore'"),
+        (["nonfinite_check=sometimes"], "nonfinite_check='sometimes'"),
         (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path="),
         (["model=bicubic"], "model=bicubic"),
         (["model=drn_s", "scale=2"], "model.net.variant='drn_s'"),
@@ -331,4 +333,65 @@ def test_adapt_real_finetunes_pretrained_weights_on_unpaired_real_lr(tmp_path: P
 def test_adapt_real_without_a_folder_names_the_option(tmp_path: Path, demo_cache: Path) -> None:
     cfg = compose_train(["experiment=adapt_real"], tmp_path, demo_cache)
     with pytest.raises(ConfigError, match="real_lr_dir"):
+        validate_train_config(cfg)
+
+
+class PoisonAndWatch(pl.Callback):
+    """NaN HR images at one step; records the primal's head weights before each step and the `found_inf` flag
+    the optimiser was given for it."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.weights: dict[int, torch.Tensor] = {}
+        self.found_inf: dict[int, float | None] = {}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: dict, batch_idx: int) -> None:
+        self.weights[trainer.global_step] = module.primal.head.weight.detach().clone()
+        if trainer.global_step == self.step:
+            batch["hr"].fill_(float("nan"))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: object) -> None:
+        flag = getattr(trainer.optimizers[0], "found_inf", None)
+        self.found_inf[trainer.global_step - 1] = None if flag is None else float(flag)
+        self.weights[trainer.global_step] = module.primal.head.weight.detach().clone()
+
+
+@pytest.mark.parametrize("policy", ["skip", "raise"])
+def test_device_side_nonfinite_check_skips_the_step_on_the_device_without_a_host_sync(
+    tmp_path: Path, demo_cache: Path, policy: str
+) -> None:
+    """`nonfinite_check=device` (the CUDA default, forced here on the CPU): the loss is not read in training_step;
+    the fused Adam is told `found_inf` and leaves the weights as they were; the host reports the step later."""
+    from drn_lightning.lit_module import NonFiniteLossError
+
+    cfg = compose_train([*TINY_TRAIN, "trainer.max_steps=3", "data.steps_per_epoch=3", "trainer.limit_val_batches=0",
+                         "callbacks=none", "~logger", "nonfinite_check=device", f"nonfinite_loss={policy}"],
+                        tmp_path / "run", demo_cache)
+    datamodule, module, trainer = prepare(cfg)
+    watch = PoisonAndWatch(step=1)
+    trainer.callbacks.append(watch)
+    host_reads = []
+    module._nonfinite = lambda value, step, names, _orig=module._nonfinite: host_reads.append((value, step)) or _orig(
+        value, step, names)
+    if policy == "raise":
+        with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at global step 1, batch files: \["):
+            trainer.fit(module, datamodule=datamodule)
+    else:
+        trainer.fit(module, datamodule=datamodule)
+        assert trainer.global_step == 3
+    assert module._check_on_device()
+    assert watch.found_inf[0] == 0.0 and watch.found_inf[1] == 1.0  # step 1 flagged on the device
+    assert not torch.equal(watch.weights[0], watch.weights[1])  # a normal step moves the weights
+    assert torch.equal(watch.weights[1], watch.weights[2])  # the NaN step left them untouched (and finite)
+    assert torch.isfinite(watch.weights[2]).all()
+    assert host_reads[0][1] == 1 and len(host_reads) == 1
+    state = trainer.optimizers[0].state[module.primal.head.weight]
+    assert float(state["step"]) == (2.0 if policy == "skip" else 1.0)  # the skipped step did not count for Adam
+    if policy == "skip":
+        assert watch.found_inf[2] == 0.0 and not torch.equal(watch.weights[2], watch.weights[3])
+
+
+def test_device_side_nonfinite_check_needs_a_fused_optimizer(tmp_path: Path, demo_cache: Path) -> None:
+    cfg = compose_train([*TINY_TRAIN, "nonfinite_check=device", "model.optimizer.fused=false"], tmp_path, demo_cache)
+    with pytest.raises(ConfigError, match="nonfinite_check=device needs model.optimizer.fused=true"):
         validate_train_config(cfg)

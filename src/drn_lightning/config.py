@@ -95,6 +95,14 @@ def _validate(cfg: DictConfig) -> None:
     _require(isinstance(keep, bool), f"keep_freed_memory={keep!r} must be true or false")
     policy = cfg.get("nonfinite_loss", "raise")
     _require(policy in ("raise", "skip"), f"nonfinite_loss={policy!r}; allowed: raise, skip")
+    check = cfg.get("nonfinite_check", "auto")
+    _require(check in ("auto", "host", "device"), f"nonfinite_check={check!r}; allowed: auto, host, device")
+    if check == "device":
+        _require(bool(cfg.model.get("optimizer", {}).get("fused")),
+                 "nonfinite_check=device needs model.optimizer.fused=true (a fused optimiser skips a step on the device)")
+        _require(str(cfg.trainer.get("precision")) not in ("16-mixed", "16"),
+                 f"nonfinite_check=device cannot be used with trainer.precision={cfg.trainer.precision} "
+                 "(its GradScaler skips non-finite steps itself); use nonfinite_check=host or auto")
     for key in ("weights", "dual_weights"):
         value = cfg.get(key)
         _require(value is None or Path(str(value)).is_file(), f"{key}={value!r}: file not found")

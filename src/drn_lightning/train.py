@@ -70,6 +70,7 @@ def build_module(cfg: DictConfig, val_set_names: list[str], semi_supervised: boo
         channels_last=bool(cfg.channels_last),
         semi_supervised=semi_supervised,
         nonfinite_loss=str(cfg.nonfinite_loss),
+        nonfinite_check=str(cfg.get("nonfinite_check", "auto")),
         compile=bool(cfg.compile),
         hparams=hparams,  # type: ignore[arg-type]
     )
