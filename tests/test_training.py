@@ -11,6 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import REPO_ROOT, TINY_TRAIN, compose_train, execute_notebook, run_module
+from helpers_reliability import PoisonBatchAtStep
 from hydra.utils import instantiate
 
 from drn_lightning.config import ConfigError, validate_train_config
@@ -336,19 +337,18 @@ def test_adapt_real_without_a_folder_names_the_option(tmp_path: Path, demo_cache
         validate_train_config(cfg)
 
 
-class PoisonAndWatch(pl.Callback):
-    """NaN HR images at one step; records the primal's head weights before each step and the `found_inf` flag
-    the optimiser was given for it."""
+class PoisonAndWatch(PoisonBatchAtStep):
+    """PoisonBatchAtStep (NaN HR images at one step) that also records the primal's head weights before each step
+    and the `found_inf` flag the optimiser was given for it."""
 
     def __init__(self, step: int) -> None:
-        self.step = step
+        super().__init__(step)
         self.weights: dict[int, torch.Tensor] = {}
         self.found_inf: dict[int, float | None] = {}
 
     def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: dict, batch_idx: int) -> None:
         self.weights[trainer.global_step] = module.primal.head.weight.detach().clone()
-        if trainer.global_step == self.step:
-            batch["hr"].fill_(float("nan"))
+        super().on_train_batch_start(trainer, module, batch, batch_idx)
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: object) -> None:
         flag = getattr(trainer.optimizers[0], "found_inf", None)
