@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 TRAIN_ARGS ?=
 
-.PHONY: install test test-slow test-all train bench eval clean
+.PHONY: install lint test test-slow test-all train bench eval clean
 
 install: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q torch==$(TORCH_VERSION)
 	$(PIP) install -q -e '.[dev]'
 	touch $(STAMP)
+
+lint: install
+	$(PY) -m ruff check src tests benchmarks scripts
+	$(PY) -m ruff format --check src tests benchmarks scripts
+	$(PY) -m mypy
 
 test: install
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)

@@ -10,7 +10,7 @@ no case inherits another's allocator state, thread pool, warm caches or peak RSS
 the per-case JSON, prints a table and writes `bench.json`:
 
   peak            the machine's measured peak: a large fp32 matmul and a 64-channel 3x3 conv (GFLOP/s)
-  train_ref       the authors' trainer step: contiguous fp32 eager, RCABs module by module (plain autograd), one Adam
+  train_ref       the authors' trainer step: contiguous fp32 eager, plain autograd, one Adam
                   per network, `loss.item()` per step
   train_ours      a real `Trainer.fit` of our DRNLitModule built by `drn_lightning.train.prepare` from the
                   Hydra config (our defaults: channels_last, one Adam, cosine per step; logger, progress bar,
@@ -21,7 +21,7 @@ the per-case JSON, prints a table and writes `bench.json`:
   infer_ref/ours  128x128 -> x4: eager contiguous `model(lr)[-1]` under no_grad vs our `Upscaler`
                   (inference_mode + channels_last)
   upscale_whole / upscale_tiled   a 1024x1024 image through DRN-S x4: peak RSS and seconds
-  data            samples/s of the DemoDataModule train loader (default workers) vs the model's samples/s,
+  data            samples/s of the demo data config's train loader (2 workers) vs the model's samples/s,
                   at the training cases' patch and at the paper's x4 recipe patch (384)
 
 Reference and ours alternate for `--rounds` rounds (ref, ours, ref, ours) and each keeps its fastest round,
@@ -35,6 +35,7 @@ compared (fp32 numerics check, 1e-4 relative).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -50,6 +51,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 # Quality gates from issue 6 (reported as hold/miss; nothing here fails the run).
 TARGETS = {
@@ -108,8 +110,12 @@ def cpu_has_amx_bf16() -> bool:
     several times faster than fp32; elsewhere CPU bf16 is slower than fp32."""
     try:
         flags = next(
-            (line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("flags")), [],
+            (
+                line.split(":", 1)[1].split()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("flags")
+            ),
+            [],
         )
     except OSError:
         flags = []
@@ -134,9 +140,10 @@ def sync(device: str) -> None:
 
 
 def peak_rss_mb() -> float:
-    import resource
+    """Peak RSS of this case's process (VmHWM on Linux: ru_maxrss would carry the parent's peak over exec)."""
+    from peak_rss import _peak_rss_self
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    return _peak_rss_self() / 2**20
 
 
 def current_rss_mb() -> float:
@@ -193,15 +200,6 @@ def batch_to(batch: dict[str, Any], device: str) -> dict[str, Any]:
     }
 
 
-def use_authors_modules() -> tuple[bool, bool]:
-    """The reference runs the authors' RCAB: module by module, plain autograd. Returns the flags it replaced."""
-    from drn_lightning.models.drn import RCAB, ChannelAttention
-
-    saved = (RCAB.fused, ChannelAttention.fused_backward)
-    RCAB.fused = ChannelAttention.fused_backward = False
-    return saved
-
-
 class ReferenceTrainer:
     """The authors' trainer step (guoyongcs/DRN trainer.py), on our modules (same structure and weights).
 
@@ -247,18 +245,10 @@ class ReferenceTrainer:
         return value
 
 
-def reference_losses(
-    primal: Any, duals: Any, batch: dict[str, Any], steps: int = 2, **adam: Any
-) -> list[float]:
+def reference_losses(primal: Any, duals: Any, batch: dict[str, Any], steps: int = 2, **adam: Any) -> list[float]:
     """Losses of the reference trainer over `steps` steps on one batch (step 0: initial weights)."""
-    from drn_lightning.models.drn import RCAB, ChannelAttention
-
-    saved = use_authors_modules()
-    try:
-        trainer = ReferenceTrainer(primal, duals, **adam)
-        return [trainer.step(batch["lr"], batch["hr"]) for _ in range(steps)]
-    finally:
-        RCAB.fused, ChannelAttention.fused_backward = saved
+    trainer = ReferenceTrainer(primal, duals, **adam)
+    return [trainer.step(batch["lr"], batch["hr"]) for _ in range(steps)]
 
 
 def config_adam(variant: str, scale: int) -> dict[str, Any]:
@@ -308,8 +298,14 @@ def ours_overrides(variant: str, scale: int, steps: int, device: str) -> list[st
 
 
 def lightning_losses(
-    variant: str, scale: int, batch: dict[str, Any], steps: int, workdir: str, extra: list[str] | None = None,
-    device: str = "cpu", timer: Any = None,
+    variant: str,
+    scale: int,
+    batch: dict[str, Any],
+    steps: int,
+    workdir: str,
+    extra: list[str] | None = None,
+    device: str = "cpu",
+    timer: Any = None,
 ) -> tuple[list[float], Any]:
     """Run our `Trainer.fit` for `steps` steps on a fixed batch from `make_networks` weights; returns losses."""
     import pytorch_lightning as pl
@@ -380,11 +376,11 @@ def case_peak(p: dict[str, Any]) -> dict[str, Any]:
         conv = torch.nn.Conv2d(ch, ch, 3, padding=1).to(device, memory_format=fmt)
         x = torch.randn(batch, ch, hw, hw, device=device).contiguous(memory_format=fmt)
         with torch.no_grad():
-            fwd_s = best(lambda: conv(x), reps)
+            fwd_s = best(lambda conv=conv, x=x: conv(x), reps)
         xg = x.clone().requires_grad_()
         grad = torch.randn(batch, ch, hw, hw, device=device).contiguous(memory_format=fmt)
 
-        def fwd_bwd() -> None:
+        def fwd_bwd(conv: Any = conv, xg: Any = xg, grad: Any = grad) -> None:
             conv(xg).backward(grad)
 
         fb_s = best(fwd_bwd, reps)
@@ -408,7 +404,7 @@ def _step_stats(starts: list[float], ends: list[float], warmup: int, batch: int)
         "step_s": total / timed,
         "step_s_median": statistics.median(per_step),
         "step_s_all": per_step,
-        "warmup_s": [b - a for a, b in zip(starts[:warmup], starts[1 : warmup + 1])],
+        "warmup_s": [b - a for a, b in itertools.pairwise(starts)],
         "samples_per_s": batch * timed / total,
         "timed_steps": timed,
         "warmup_steps": warmup,
@@ -436,7 +432,6 @@ def count_step_flops(primal: Any, duals: Any, batch: dict[str, Any]) -> dict[str
 def case_train_ref(p: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    use_authors_modules()
     device, variant, scale = p["device"], p["variant"], p["scale"]
     batch = batch_to(fixed_batch(scale, p["lr_size"], p["batch"]), device)
     primal, duals = make_networks(variant, scale)
@@ -526,8 +521,6 @@ def case_infer(p: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     device, variant, scale, size = p["device"], p["variant"], p["scale"], p["size"]
-    if p["impl"] == "ref":
-        use_authors_modules()  # the authors' module-by-module forward
     primal, _ = make_networks(variant, scale)
     primal.eval().to(device)
     gen = torch.Generator().manual_seed(1)
@@ -549,8 +542,12 @@ def case_infer(p: dict[str, Any]) -> dict[str, Any]:
 
     out = _timed_calls(run, device, p["warmup"], p["reps"])
     torch.save(result["sr"].detach().float().cpu().contiguous().clone(), p["tensor_out"])
-    out.update(peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads(), input=[1, 3, size, size],
-               precision=p.get("precision", "fp32"))
+    out.update(
+        peak_rss_mb=peak_rss_mb(),
+        threads=torch.get_num_threads(),
+        input=[1, 3, size, size],
+        precision=p.get("precision", "fp32"),
+    )
     return out
 
 
@@ -589,23 +586,28 @@ def case_upscale(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def case_data(p: dict[str, Any]) -> dict[str, Any]:
-    """Samples/s of the DemoDataModule train loader (after its workers are up), default workers."""
+    """Samples/s of the demo data config's train loader (after its workers are up), 2 workers unless given."""
+    from hydra.utils import instantiate
+
+    total = p["warmup"] + p["batches"]
+    workers = 2 if p.get("num_workers") is None else p["num_workers"]
+    overrides = [
+        f"scale={p['scale']}",
+        f"data.patch_size={p['patch_size']}",
+        f"data.batch_size={p['batch']}",
+        f"data.steps_per_epoch={total + 1}",
+        f"data.num_workers={workers}",
+    ]
+    t_setup = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="drn_bench_data_") as workdir:
+        dm = instantiate(compose_train_config(overrides, workdir, workdir).data)
+        setup_s = time.perf_counter() - t_setup
+        return _loader_throughput(dm, p, setup_s)
+
+
+def _loader_throughput(dm: Any, p: dict[str, Any], setup_s: float) -> dict[str, Any]:
     import torch
 
-    from drn_lightning.data import DemoDataModule
-
-    kwargs: dict[str, Any] = {}
-    if p.get("num_workers") is not None:
-        kwargs["num_workers"] = p["num_workers"]
-    total = p["warmup"] + p["batches"]
-    dm = DemoDataModule(
-        scale=p["scale"], patch_size=p["patch_size"], batch_size=p["batch"], steps_per_epoch=total + 1,
-        **kwargs,  # demo photos in the default cache folder, as `make train` uses them
-    )
-    t_setup = time.perf_counter()
-    dm.prepare_data()
-    dm.setup("fit")
-    setup_s = time.perf_counter() - t_setup
     loader = dm.train_dataloader()
     it = iter(loader)
     for _ in range(p["warmup"]):
@@ -658,23 +660,52 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         return {
             "variants": [("drn_tiny", 4)],
-            "lr_size": 12, "batch": 2, "warmup": 1, "steps": 2,
-            "infer_size": 16, "infer_warmup": 1, "infer_reps": 2,
-            "big_variant": ("drn_tiny", 4), "big_size": 48, "tile": 24, "tile_overlap": 4,
-            "matmul_n": 256, "conv_shape": [1, 64, 16, 16], "peak_reps": 3,
-            "data_patch": 48, "data_batch": 2, "data_batches": 4, "data_warmup": 1, "data_workers": 0,
-            "recipe_patch": None, "recipe_batch": None,
+            "lr_size": 12,
+            "batch": 2,
+            "warmup": 1,
+            "steps": 2,
+            "infer_size": 16,
+            "infer_warmup": 1,
+            "infer_reps": 2,
+            "big_variant": ("drn_tiny", 4),
+            "big_size": 48,
+            "tile": 24,
+            "tile_overlap": 4,
+            "matmul_n": 256,
+            "conv_shape": [1, 64, 16, 16],
+            "peak_reps": 3,
+            "data_patch": 48,
+            "data_batch": 2,
+            "data_batches": 4,
+            "data_warmup": 1,
+            "data_workers": 0,
+            "recipe_patch": None,
+            "recipe_batch": None,
         }
     return {
         "variants": [parse_variant(v) for v in args.variants.split(",") if v],
-        "lr_size": args.lr_size, "batch": args.batch, "warmup": args.warmup, "steps": args.steps,
-        "infer_size": 128, "infer_warmup": 1, "infer_reps": 2,
-        "big_variant": ("drn_s", 4), "big_size": args.big_size, "tile": args.tile, "tile_overlap": args.tile_overlap,
-        "matmul_n": 2048, "conv_shape": [4, 64, 96, 96], "peak_reps": 10,
-        "data_patch": None, "data_batch": args.batch, "data_batches": 40, "data_warmup": 4,
+        "lr_size": args.lr_size,
+        "batch": args.batch,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "infer_size": 128,
+        "infer_warmup": 1,
+        "infer_reps": 2,
+        "big_variant": ("drn_s", 4),
+        "big_size": args.big_size,
+        "tile": args.tile,
+        "tile_overlap": args.tile_overlap,
+        "matmul_n": 2048,
+        "conv_shape": [4, 64, 96, 96],
+        "peak_reps": 10,
+        "data_patch": None,
+        "data_batch": args.batch,
+        "data_batches": 40,
+        "data_warmup": 4,
         # The paper's DRN x4 recipe: HR patch 384, batch 32 (batch reduced here to keep the case short;
         # samples/s hardly depends on it with the default 2 workers).
-        "recipe_patch": 384, "recipe_batch": 8,
+        "recipe_patch": 384,
+        "recipe_batch": 8,
         "data_workers": None,
     }
 
@@ -697,9 +728,20 @@ class Runner:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled"}
         started = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--case", case, "--params", str(params_path),
-             "--result", str(result_path)],
-            capture_output=True, text=True, env=env, timeout=self.args.case_timeout,
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--case",
+                case,
+                "--params",
+                str(params_path),
+                "--result",
+                str(result_path),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=self.args.case_timeout,
         )
         wall = time.perf_counter() - started
         load_after = os.getloadavg()[0]
@@ -754,33 +796,65 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         sections = set(args.sections.split(","))
         recipe = mixed_precision_overrides(args.device)
         mixed_overrides = {"auto": recipe, "off": None, "on": recipe or ["trainer.precision=bf16-mixed"]}[args.mixed]
-        report["mixed_precision"] = {"overrides": mixed_overrides, "cpu_amx_bf16": cpu_has_amx_bf16(),
-                                     "mode": args.mixed}
-        peak = run("peak", "peak: matmul + 64-ch 3x3 conv", {
-            "matmul_n": sizes["matmul_n"], "conv_shape": sizes["conv_shape"], "reps": sizes["peak_reps"],
-        }) if "peak" in sections else None
+        report["mixed_precision"] = {
+            "overrides": mixed_overrides,
+            "cpu_amx_bf16": cpu_has_amx_bf16(),
+            "mode": args.mixed,
+        }
+        peak = (
+            run(
+                "peak",
+                "peak: matmul + 64-ch 3x3 conv",
+                {
+                    "matmul_n": sizes["matmul_n"],
+                    "conv_shape": sizes["conv_shape"],
+                    "reps": sizes["peak_reps"],
+                },
+            )
+            if "peak" in sections
+            else None
+        )
         report["peak"] = peak
         conv_peak = peak["conv_gflops"] if peak else None
 
         for variant, scale in sizes["variants"]:
             name = f"{variant}_x{scale}"
-            common = {"variant": variant, "scale": scale, "lr_size": sizes["lr_size"], "batch": sizes["batch"],
-                      "warmup": sizes["warmup"], "steps": sizes["steps"]}
+            common = {
+                "variant": variant,
+                "scale": scale,
+                "lr_size": sizes["lr_size"],
+                "batch": sizes["batch"],
+                "warmup": sizes["warmup"],
+                "steps": sizes["steps"],
+            }
             # Reference and ours alternate (ref, ours, ref, ours, ...) and each keeps its fastest round, so a
             # neighbour's burst of CPU load on a shared machine hits both sides alike instead of one.
             rounds = args.rounds
             train_runs: dict[str, list[Any]] = {"ref": [], "ours": [], "mixed": []}
             for r in range(rounds if "train" in sections else 0):
                 tag = f" (round {r + 1}/{rounds})" if rounds > 1 else ""
-                train_runs["ref"].append(run("train_ref", f"{name}: train step, reference (authors' loop){tag}",
-                                             {**common, "count_flops": r == 0}))
-                train_runs["ours"].append(run("train_ours", f"{name}: train step, ours (Lightning Trainer.fit){tag}",
-                                              {**common, "overrides": args.ours_override}))
+                train_runs["ref"].append(
+                    run(
+                        "train_ref",
+                        f"{name}: train step, reference (authors' loop){tag}",
+                        {**common, "count_flops": r == 0},
+                    )
+                )
+                train_runs["ours"].append(
+                    run(
+                        "train_ours",
+                        f"{name}: train step, ours (Lightning Trainer.fit){tag}",
+                        {**common, "overrides": args.ours_override},
+                    )
+                )
                 if mixed_overrides is not None:
-                    train_runs["mixed"].append(run(
-                        "train_ours", f"{name}: train step, ours, {' '.join(mixed_overrides)}{tag}",
-                        {**common, "overrides": [*args.ours_override, *mixed_overrides]},
-                    ))
+                    train_runs["mixed"].append(
+                        run(
+                            "train_ours",
+                            f"{name}: train step, ours, {' '.join(mixed_overrides)}{tag}",
+                            {**common, "overrides": [*args.ours_override, *mixed_overrides]},
+                        )
+                    )
             ref, ours = best_round(train_runs["ref"], "step_s"), best_round(train_runs["ours"], "step_s")
             mixed = best_round(train_runs["mixed"], "step_s")
             infer_runs: dict[str, list[Any]] = {"ref": [], "ours": [], "ours_bf16": []}
@@ -790,20 +864,38 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             for r in range(rounds if "infer" in sections else 0):
                 tag = f" (round {r + 1}/{rounds})" if rounds > 1 else ""
                 for kind, impl, precision in infer_kinds:
-                    infer_runs[kind].append(run("infer", f"{name}: inference {sizes['infer_size']}px x{scale}, {kind}{tag}", {
-                        "variant": variant, "scale": scale, "size": sizes["infer_size"], "impl": impl,
-                        "precision": precision, "warmup": sizes["infer_warmup"], "reps": sizes["infer_reps"],
-                        "tensor_out": str(workdir / f"{name}_{kind}_sr.pt"),
-                    }))
+                    infer_runs[kind].append(
+                        run(
+                            "infer",
+                            f"{name}: inference {sizes['infer_size']}px x{scale}, {kind}{tag}",
+                            {
+                                "variant": variant,
+                                "scale": scale,
+                                "size": sizes["infer_size"],
+                                "impl": impl,
+                                "precision": precision,
+                                "warmup": sizes["infer_warmup"],
+                                "reps": sizes["infer_reps"],
+                                "tensor_out": str(workdir / f"{name}_{kind}_sr.pt"),
+                            },
+                        )
+                    )
             infer = {impl: best_round(runs, "seconds") for impl, runs in infer_runs.items()}
-            entry: dict[str, Any] = {"train_ref": ref, "train_ours": ours, "train_mixed": mixed,
-                                     "infer_ref": infer["ref"], "infer_ours": infer["ours"],
-                                     "infer_ours_bf16": infer["ours_bf16"]}
+            entry: dict[str, Any] = {
+                "train_ref": ref,
+                "train_ours": ours,
+                "train_mixed": mixed,
+                "infer_ref": infer["ref"],
+                "infer_ours": infer["ours"],
+                "infer_ours_bf16": infer["ours_bf16"],
+            }
             if ref and mixed:
                 entry["train_mixed_speedup_vs_reference"] = ref["step_s"] / mixed["step_s"]
                 diffs = [relative_difference(a, b) for a, b in zip(mixed["losses"], ref["losses"])]
                 entry["mixed_numerics"] = {
-                    "loss_mixed": mixed["losses"], "rel_diff": diffs, "rtol": MIXED_RTOL,
+                    "loss_mixed": mixed["losses"],
+                    "rel_diff": diffs,
+                    "rtol": MIXED_RTOL,
                     "ok": bool(len(diffs) == 2 and max(diffs) <= MIXED_RTOL),
                 }
             counted = next((r for r in train_runs["ref"] if r and "step_flops" in r), None)
@@ -818,8 +910,11 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 entry["train_ref_fraction_of_peak"] = _ratio(entry["train_ref_gflops"], conv_peak)
                 diffs = [relative_difference(a, b) for a, b in zip(ours["losses"], ref["losses"])]
                 entry["numerics"] = {
-                    "loss_ref": ref["losses"], "loss_ours": ours["losses"], "rel_diff": diffs,
-                    "rtol": NUMERICS_RTOL, "ok": bool(len(diffs) == 2 and max(diffs) <= NUMERICS_RTOL),
+                    "loss_ref": ref["losses"],
+                    "loss_ours": ours["losses"],
+                    "rel_diff": diffs,
+                    "rtol": NUMERICS_RTOL,
+                    "ok": bool(len(diffs) == 2 and max(diffs) <= NUMERICS_RTOL),
                 }
             if infer["ref"]:
                 reference_sr = torch.load(workdir / f"{name}_ref_sr.pt")
@@ -831,30 +926,59 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             report["variants"][name] = entry
 
         big_variant, big_scale = sizes["big_variant"]
-        big_common = {"variant": big_variant, "scale": big_scale, "size": sizes["big_size"],
-                      "tile_overlap": sizes["tile_overlap"], "tile_passes": args.tile_passes}
+        big_common = {
+            "variant": big_variant,
+            "scale": big_scale,
+            "size": sizes["big_size"],
+            "tile_overlap": sizes["tile_overlap"],
+            "tile_passes": args.tile_passes,
+        }
         whole = tiled = None
         if "upscale" in sections:
-            whole = run("upscale", f"{big_variant}_x{big_scale}: {sizes['big_size']}px whole image",
-                        {**big_common, "tile": None})
-            tiled = run("upscale", f"{big_variant}_x{big_scale}: {sizes['big_size']}px tiled ({sizes['tile']})",
-                        {**big_common, "tile": sizes["tile"]})
-        report["upscale"] = {"whole": whole, "tiled": tiled, "variant": f"{big_variant}_x{big_scale}",
-                             "size": sizes["big_size"]}
+            whole = run(
+                "upscale",
+                f"{big_variant}_x{big_scale}: {sizes['big_size']}px whole image",
+                {**big_common, "tile": None},
+            )
+            tiled = run(
+                "upscale",
+                f"{big_variant}_x{big_scale}: {sizes['big_size']}px tiled ({sizes['tile']})",
+                {**big_common, "tile": sizes["tile"]},
+            )
+        report["upscale"] = {
+            "whole": whole,
+            "tiled": tiled,
+            "variant": f"{big_variant}_x{big_scale}",
+            "size": sizes["big_size"],
+        }
 
         data_scale = sizes["variants"][0][1]
         data_patch = sizes["data_patch"] or sizes["lr_size"] * data_scale  # the training cases' HR patch
-        data_common = {"scale": data_scale, "batches": sizes["data_batches"], "warmup": sizes["data_warmup"],
-                       "num_workers": sizes["data_workers"]}
+        data_common = {
+            "scale": data_scale,
+            "batches": sizes["data_batches"],
+            "warmup": sizes["data_warmup"],
+            "num_workers": sizes["data_workers"],
+        }
         data = recipe = None
         if "data" in sections:
-            data = run("data", f"data: DemoDataModule x{data_scale}, patch {data_patch}, batch {sizes['data_batch']}",
-                       {**data_common, "patch_size": data_patch, "batch": sizes["data_batch"]})
+            data = run(
+                "data",
+                f"data: DemoDataModule x{data_scale}, patch {data_patch}, batch {sizes['data_batch']}",
+                {**data_common, "patch_size": data_patch, "batch": sizes["data_batch"]},
+            )
             if sizes["recipe_patch"]:
-                recipe = run("data", f"data: DemoDataModule x{data_scale}, recipe patch {sizes['recipe_patch']}, "
-                             f"batch {sizes['recipe_batch']}",
-                             {**data_common, "patch_size": sizes["recipe_patch"], "batch": sizes["recipe_batch"],
-                              "batches": max(16, sizes["data_batches"] // 2)})
+                recipe = run(
+                    "data",
+                    f"data: DemoDataModule x{data_scale}, recipe patch {sizes['recipe_patch']}, "
+                    f"batch {sizes['recipe_batch']}",
+                    {
+                        **data_common,
+                        "patch_size": sizes["recipe_patch"],
+                        "batch": sizes["recipe_batch"],
+                        "batches": max(16, sizes["data_batches"] // 2),
+                    },
+                )
         report["data"] = data
         report["data_recipe"] = recipe
         report["case_log"] = run.log
@@ -870,7 +994,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     report["numerics_ok"] = all(v.get("numerics", {}).get("ok", False) for v in report["variants"].values())
     report["mixed_numerics_ok"] = (
         all(v.get("mixed_numerics", {}).get("ok", False) for v in report["variants"].values())
-        if any("mixed_numerics" in v for v in report["variants"].values()) else None
+        if any("mixed_numerics" in v for v in report["variants"].values())
+        else None
     )
     report["whole_peak_rss_mb"] = whole["peak_rss_mb"] if whole else None
     report["tiled_peak_rss_mb"] = tiled["peak_rss_mb"] if tiled else None
@@ -926,17 +1051,30 @@ def print_report(report: dict[str, Any]) -> None:
         f"peak: matmul {_fmt(peak.get('matmul_gflops'), '.0f')} GFLOP/s, 64-ch 3x3 conv "
         f"{_fmt(peak.get('conv_gflops'), '.0f')} GFLOP/s (fwd+bwd {_fmt(peak.get('conv_fwd_bwd_gflops'), '.0f')})"
     )
-    table = Table(title="Training step (batch %d, LR %d -> HR x scale, fp32)" % (
-        report["settings"]["batch"], report["settings"]["lr_size"]))
-    for col in ("variant", "reference s/step", "ours s/step", "speedup", "GFLOP/step", "ours GFLOP/s",
-                "ours % conv peak", "ref % conv peak", "ref/ours RSS MB", "loss rel diff (step 0, 1)"):
+    settings = report["settings"]
+    table = Table(title=f"Training step (batch {settings['batch']}, LR {settings['lr_size']} -> HR x scale, fp32)")
+    for col in (
+        "variant",
+        "reference s/step",
+        "ours s/step",
+        "speedup",
+        "GFLOP/step",
+        "ours GFLOP/s",
+        "ours % conv peak",
+        "ref % conv peak",
+        "ref/ours RSS MB",
+        "loss rel diff (step 0, 1)",
+    ):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for name, v in report["variants"].items():
         ref, ours = v.get("train_ref") or {}, v.get("train_ours") or {}
         num = v.get("numerics") or {}
         table.add_row(
-            name, _fmt(ref.get("step_s"), ".3f"), _fmt(ours.get("step_s"), ".3f"),
-            _fmt(v.get("train_speedup_vs_reference"), ".3f", "x"), _fmt(v.get("step_gflop"), ".0f"),
+            name,
+            _fmt(ref.get("step_s"), ".3f"),
+            _fmt(ours.get("step_s"), ".3f"),
+            _fmt(v.get("train_speedup_vs_reference"), ".3f", "x"),
+            _fmt(v.get("step_gflop"), ".0f"),
             _fmt(v.get("train_ours_gflops"), ".0f"),
             _fmt(100 * v["train_fraction_of_peak"] if v.get("train_fraction_of_peak") else None, ".0f", "%"),
             _fmt(100 * v["train_ref_fraction_of_peak"] if v.get("train_ref_fraction_of_peak") else None, ".0f", "%"),
@@ -947,46 +1085,73 @@ def print_report(report: dict[str, Any]) -> None:
 
     mixed_info = report.get("mixed_precision") or {}
     if mixed_info.get("overrides"):
-        table = Table(title=f"Training step, ours in mixed precision ({' '.join(mixed_info['overrides'])}) "
-                            "vs the fp32 reference")
-        for col in ("variant", "reference s/step", "mixed s/step", "speedup", "fp32 ours s/step",
-                    "loss rel diff vs fp32 ref (step 0, 1)"):
+        table = Table(
+            title=f"Training step, ours in mixed precision ({' '.join(mixed_info['overrides'])}) vs the fp32 reference"
+        )
+        for col in (
+            "variant",
+            "reference s/step",
+            "mixed s/step",
+            "speedup",
+            "fp32 ours s/step",
+            "loss rel diff vs fp32 ref (step 0, 1)",
+        ):
             table.add_column(col, justify="left" if col == "variant" else "right")
         for name, v in report["variants"].items():
             ref, mixed, ours = v.get("train_ref") or {}, v.get("train_mixed") or {}, v.get("train_ours") or {}
             num = v.get("mixed_numerics") or {}
             table.add_row(
-                name, _fmt(ref.get("step_s"), ".3f"), _fmt(mixed.get("step_s"), ".3f"),
-                _fmt(v.get("train_mixed_speedup_vs_reference"), ".2f", "x"), _fmt(ours.get("step_s"), ".3f"),
-                ", ".join(f"{d:.1e}" for d in num.get("rel_diff", [])) + (
-                    f" (within {num['rtol']:g})" if num.get("ok") else " FAIL" if num else ""),
+                name,
+                _fmt(ref.get("step_s"), ".3f"),
+                _fmt(mixed.get("step_s"), ".3f"),
+                _fmt(v.get("train_mixed_speedup_vs_reference"), ".2f", "x"),
+                _fmt(ours.get("step_s"), ".3f"),
+                ", ".join(f"{d:.1e}" for d in num.get("rel_diff", []))
+                + (f" (within {num['rtol']:g})" if num.get("ok") else " FAIL" if num else ""),
             )
         console.print(table)
     else:
         console.print("mixed precision: skipped (bf16 is slower than fp32 on this CPU: no AMX; --mixed on forces it)")
 
     table = Table(title=f"Inference {report['settings']['infer_size']}x{report['settings']['infer_size']} -> x scale")
-    for col in ("variant", "reference s", "ours s", "speedup", "max |diff|", "ours bf16 s", "bf16 speedup",
-                "bf16 max |diff|"):
+    for col in (
+        "variant",
+        "reference s",
+        "ours s",
+        "speedup",
+        "max |diff|",
+        "ours bf16 s",
+        "bf16 speedup",
+        "bf16 max |diff|",
+    ):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for name, v in report["variants"].items():
-        table.add_row(name, _fmt((v.get("infer_ref") or {}).get("seconds"), ".3f"),
-                      _fmt((v.get("infer_ours") or {}).get("seconds"), ".3f"),
-                      _fmt(v.get("infer_speedup_vs_reference"), ".2f", "x"), _fmt(v.get("infer_max_abs_diff"), ".2e"),
-                      _fmt((v.get("infer_ours_bf16") or {}).get("seconds"), ".3f"),
-                      _fmt(v.get("infer_bf16_speedup_vs_reference"), ".2f", "x"),
-                      _fmt(v.get("infer_bf16_max_abs_diff"), ".2f"))
+        table.add_row(
+            name,
+            _fmt((v.get("infer_ref") or {}).get("seconds"), ".3f"),
+            _fmt((v.get("infer_ours") or {}).get("seconds"), ".3f"),
+            _fmt(v.get("infer_speedup_vs_reference"), ".2f", "x"),
+            _fmt(v.get("infer_max_abs_diff"), ".2e"),
+            _fmt((v.get("infer_ours_bf16") or {}).get("seconds"), ".3f"),
+            _fmt(v.get("infer_bf16_speedup_vs_reference"), ".2f", "x"),
+            _fmt(v.get("infer_bf16_max_abs_diff"), ".2f"),
+        )
     console.print(table)
 
     up = report.get("upscale") or {}
-    table = Table(title=f"{up.get('variant')} upscale of a {up.get('size')}x{up.get('size')} image (fresh process each)")
+    table = Table(
+        title=f"{up.get('variant')} upscale of a {up.get('size')}x{up.get('size')} image (fresh process each)"
+    )
     for col in ("mode", "seconds", "peak RSS MB", "RSS added by the call MB"):
         table.add_column(col, justify="left" if col == "mode" else "right")
     for mode in ("whole", "tiled"):
         r = up.get(mode) or {}
-        label = mode if mode == "whole" else f"tiled {r.get('tile')}+{r.get('tile_overlap')}, {r.get('tile_passes')} passes"
-        table.add_row(label, _fmt(r.get("seconds"), ".1f"), _fmt(r.get("peak_rss_mb"), ".0f"),
-                      _fmt(r.get("call_rss_mb"), ".0f"))
+        label = (
+            mode if mode == "whole" else f"tiled {r.get('tile')}+{r.get('tile_overlap')}, {r.get('tile_passes')} passes"
+        )
+        table.add_row(
+            label, _fmt(r.get("seconds"), ".1f"), _fmt(r.get("peak_rss_mb"), ".0f"), _fmt(r.get("call_rss_mb"), ".0f")
+        )
     console.print(table)
 
     data = report.get("data") or {}
@@ -996,16 +1161,24 @@ def print_report(report: dict[str, Any]) -> None:
     rows = [
         ("train_speedup_vs_reference", _fmt(report.get("train_speedup_vs_reference"), ".3f", "x"), ">= 1.15x"),
         ("train_fraction_of_peak", _fmt(report.get("train_fraction_of_peak"), ".1%"), ">= 75%"),
-        ("train_mixed_speedup_vs_reference", _fmt(report.get("train_mixed_speedup_vs_reference"), ".2f", "x"),
-         ">= 2.5x (CUDA)"),
+        (
+            "train_mixed_speedup_vs_reference",
+            _fmt(report.get("train_mixed_speedup_vs_reference"), ".2f", "x"),
+            ">= 2.5x (CUDA)",
+        ),
         ("infer_speedup_vs_reference", _fmt(report.get("infer_speedup_vs_reference"), ".2f", "x"), ">= 1.2x"),
         ("tiled_peak_rss_mb", _fmt(report.get("tiled_peak_rss_mb"), ".0f", " MB"), "<= 2048 MB"),
         ("tiled_rss_fraction_of_whole", _fmt(report.get("tiled_rss_fraction_of_whole"), ".3f"), "<= 0.25"),
-        ("data_to_model_ratio", _fmt(report.get("data_to_model_ratio"), ".0f", "x") + (
-            f" ({_fmt(data.get('samples_per_s'), '.0f')} vs {_fmt(report.get('model_train_samples_per_s'), '.2f')} samples/s"
-            f" at patch {data.get('patch_size')}; recipe patch {(report.get('data_recipe') or {}).get('patch_size')}: "
-            f"{_fmt(report.get('data_recipe_to_model_ratio'), '.0f', 'x')})"
-        ), ">= 4x"),
+        (
+            "data_to_model_ratio",
+            _fmt(report.get("data_to_model_ratio"), ".0f", "x")
+            + (
+                f" ({_fmt(data.get('samples_per_s'), '.0f')} vs {_fmt(report.get('model_train_samples_per_s'), '.2f')} samples/s"
+                f" at patch {data.get('patch_size')}; recipe patch {(report.get('data_recipe') or {}).get('patch_size')}: "
+                f"{_fmt(report.get('data_recipe_to_model_ratio'), '.0f', 'x')})"
+            ),
+            ">= 4x",
+        ),
     ]
     for key, measured, goal in rows:
         holds = report["targets_met"].get(key)
@@ -1013,16 +1186,25 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(table)
     busy = report.get("max_load_avg_1min")
     if busy is not None and busy > 1.5 + report["threads"]:
-        console.print(f"[yellow]warning: the 1-min load average reached {busy:.1f} during the run (this run's own "
-                      f"threads count too); timings on a shared machine may be inflated: re-run when idle[/yellow]")
-    console.print(f"numerics (fp32 loss, ours vs reference, rtol {NUMERICS_RTOL}): "
-                  f"{'ok' if report.get('numerics_ok') else 'FAIL'};  total {report['total_wall_s']:.0f} s")
+        console.print(
+            f"[yellow]warning: the 1-min load average reached {busy:.1f} during the run (this run's own "
+            f"threads count too); timings on a shared machine may be inflated: re-run when idle[/yellow]"
+        )
+    console.print(
+        f"numerics (fp32 loss, ours vs reference, rtol {NUMERICS_RTOL}): "
+        f"{'ok' if report.get('numerics_ok') else 'FAIL'};  total {report['total_wall_s']:.0f} s"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--variants", default="drn_s_x4,drn_l_x4",
-                        help="comma-separated variants (drn_s_x4, drn_l_x4, drn_s_x8, drn_l_x8); default %(default)s")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--variants",
+        default="drn_s_x4,drn_l_x4",
+        help="comma-separated variants (drn_s_x4, drn_l_x4, drn_s_x8, drn_l_x8); default %(default)s",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (smoke test, < 30 s)")
     parser.add_argument("--out", default="bench.json", help="where to write the JSON report (default %(default)s)")
     parser.add_argument("--device", default="auto", help="auto (cuda when present, else cpu), cpu or cuda")
@@ -1034,17 +1216,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-size", type=int, default=1024, help="side of the whole-vs-tiled test image")
     parser.add_argument("--tile", type=int, default=128, help="LR tile side for the tiled upscale")
     parser.add_argument("--tile-overlap", type=int, default=8)
-    parser.add_argument("--tile-passes", type=int, default=1,
-                        help="Upscaler tile passes: 1 (default here, the fastest) or 2 (the Upscaler's default, ~2x time)")
-    parser.add_argument("--ours-override", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra Hydra override for our training case (repeatable), e.g. compile=true")
-    parser.add_argument("--mixed", choices=("auto", "on", "off"), default="auto",
-                        help="bf16 mixed-precision training case: auto = on CUDA (+ torch.compile) and on CPUs with "
-                             "AMX, where bf16 is fast; on = always (--quick does, to test the plumbing); off = never")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="alternating reference/ours rounds per training and inference case; the fastest counts")
-    parser.add_argument("--sections", default="peak,train,infer,upscale,data",
-                        help="which parts to run (default: all, %(default)s)")
+    parser.add_argument(
+        "--tile-passes",
+        type=int,
+        default=1,
+        help="Upscaler tile passes: 1 (default here, the fastest) or 2 (the Upscaler's default, ~2x time)",
+    )
+    parser.add_argument(
+        "--ours-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Hydra override for our training case (repeatable), e.g. compile=true",
+    )
+    parser.add_argument(
+        "--mixed",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="bf16 mixed-precision training case: auto = on CUDA (+ torch.compile) and on CPUs with "
+        "AMX, where bf16 is fast; on = always (--quick does, to test the plumbing); off = never",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="alternating reference/ours rounds per training and inference case; the fastest counts",
+    )
+    parser.add_argument(
+        "--sections", default="peak,train,infer,upscale,data", help="which parts to run (default: all, %(default)s)"
+    )
     parser.add_argument("--case-timeout", type=float, default=1800.0)
     parser.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)

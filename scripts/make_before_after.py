@@ -15,15 +15,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from drn_lightning.data.io import read_image  # noqa: E402
-from drn_lightning.inference import Upscaler, load_upscaler  # noqa: E402
-from drn_lightning.metrics import psnr_y  # noqa: E402
-from drn_lightning.models import build_drn  # noqa: E402
-from drn_lightning.ops.imresize import imresize  # noqa: E402
+from drn_lightning.data.io import read_image
+from drn_lightning.inference import Upscaler, load_upscaler
+from drn_lightning.metrics import psnr_y
+from drn_lightning.models import build_drn
+from drn_lightning.ops.imresize import imresize
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "img" / "before_after.png"
 
@@ -77,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     sr = upscaler(lr_t.permute(1, 2, 0).numpy())
     p_bic, p_drn = _psnr(bicubic, hr, scale), _psnr(sr, hr, scale)
 
-    panels = [(bicubic, f"bicubic x{scale}\n{p_bic:.2f} dB"), (sr, f"{label}\n{p_drn:.2f} dB"), (hr, "original (HR)\nPSNR-Y vs this")]
+    panels = [
+        (bicubic, f"bicubic x{scale}\n{p_bic:.2f} dB"),
+        (sr, f"{label}\n{p_drn:.2f} dB"),
+        (hr, "original (HR)\nPSNR-Y vs this"),
+    ]
     side = size * args.zoom
     dpi = 100
     fig, axes = plt.subplots(1, 3, figsize=(3 * side / dpi + 0.4, side / dpi + 0.9), dpi=dpi)

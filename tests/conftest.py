@@ -83,13 +83,18 @@ def execute_notebook(path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch,
     pytest.importorskip("ipykernel")
     spec_dir = workdir / "jupyter" / "kernels" / "drn-test"
     spec_dir.mkdir(parents=True, exist_ok=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "drn-lightning test", "language": "python"}
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "drn-lightning test",
+        "language": "python",
+    }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     monkeypatch.setenv("JUPYTER_PATH", str(workdir / "jupyter"))
     monkeypatch.delenv("MPLBACKEND", raising=False)
     for key, value in (env or {}).items():
         monkeypatch.setenv(key, value)
     nb = nbformat.read(path, as_version=4)
-    nbclient.NotebookClient(nb, kernel_name="drn-test", timeout=600, resources={"metadata": {"path": str(workdir)}}).execute()
+    nbclient.NotebookClient(
+        nb, kernel_name="drn-test", timeout=600, resources={"metadata": {"path": str(workdir)}}
+    ).execute()
     return nb

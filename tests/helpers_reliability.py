@@ -20,7 +20,9 @@ class KillAtStep(pl.Callback):
         self.step = int(step)
         self.signum = int(signum)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), self.signum)
 
@@ -47,7 +49,9 @@ class PoisonBatchAtStep(pl.Callback):
         self.step = int(step)
         self.value = float(value)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step == self.step:
             batch["hr"].fill_(self.value)
 

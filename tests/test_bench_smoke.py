@@ -31,7 +31,11 @@ def test_quick_bench_writes_complete_json(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--out", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -44,7 +48,7 @@ def test_quick_bench_writes_complete_json(tmp_path: Path) -> None:
     assert report["numerics_ok"] is True
     assert set(report["targets_met"]) == set(report["targets"])
 
-    (name, variant), = report["variants"].items()
+    ((name, variant),) = report["variants"].items()
     assert name == "drn_tiny_x4"
     for case in ("train_ref", "train_ours"):
         assert variant[case]["step_s"] > 0 and variant[case]["samples_per_s"] > 0

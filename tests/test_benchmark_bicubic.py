@@ -50,11 +50,9 @@ def _bicubic_scores(name: str, scale: int) -> dict[bool, tuple[float, float]]:
         sr = imresize(lr.double(), scale=scale)  # float; quantised inside the metric
         for round_y, per_image in scores.items():
             per_image.append(
-                (psnr_y(sr, hr.double(), scale, round_y).item(),
-                 ssim_y(sr, hr.double(), scale, round_y).item())
+                (psnr_y(sr, hr.double(), scale, round_y).item(), ssim_y(sr, hr.double(), scale, round_y).item())
             )
-    return {k: (float(np.mean([p for p, _ in v])), float(np.mean([q for _, q in v])))
-            for k, v in scores.items()}
+    return {k: (float(np.mean([p for p, _ in v])), float(np.mean([q for _, q in v]))) for k, v in scores.items()}
 
 
 @pytest.mark.parametrize("round_y", [False, True], ids=["y_float", "y_rounded"])

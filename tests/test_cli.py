@@ -69,7 +69,21 @@ def test_upscaled_file_matches_the_python_api(tmp_path: Path, weights) -> None:
     from drn_lightning.inference import upscale
 
     array = write_image(tmp_path / "photo.png", 10, 13)
-    assert main(["upscale", str(tmp_path / "photo.png"), "-o", str(tmp_path / "o"), "--weights", str(weights[0]), "--scale", "2"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(tmp_path / "photo.png"),
+                "-o",
+                str(tmp_path / "o"),
+                "--weights",
+                str(weights[0]),
+                "--scale",
+                "2",
+            ]
+        )
+        == 0
+    )
     saved = np.asarray(Image.open(tmp_path / "o" / "photo_x2.png"))
     assert np.array_equal(saved, upscale(array, weights[0], device="cpu"))
 
@@ -77,7 +91,15 @@ def test_upscaled_file_matches_the_python_api(tmp_path: Path, weights) -> None:
 def test_formats_tiles_and_name_collisions(tmp_path: Path, weights) -> None:
     write_image(tmp_path / "a.png", 20, 18)
     write_image(tmp_path / "a.jpg", 20, 18, seed=1)
-    args = ["upscale", str(tmp_path / "a.png"), str(tmp_path / "a.jpg"), "-o", str(tmp_path / "o"), "--weights", str(weights[0])]
+    args = [
+        "upscale",
+        str(tmp_path / "a.png"),
+        str(tmp_path / "a.jpg"),
+        "-o",
+        str(tmp_path / "o"),
+        "--weights",
+        str(weights[0]),
+    ]
     assert main([*args, "--tile", "12", "--tile-overlap", "4", "--format", "webp"]) == 0
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a-jpg_x2.webp", "a-png_x2.webp"]
     assert Image.open(tmp_path / "o" / "a-png_x2.webp").size == (36, 40)
@@ -89,24 +111,66 @@ def test_formats_tiles_and_name_collisions(tmp_path: Path, weights) -> None:
 @pytest.mark.parametrize(
     ("make_args", "expected"),
     [
-        (lambda t, w: ["upscale", str(t / "missing.png"), "-o", str(t / "o"), "--weights", str(w)], "missing.png: input does not exist"),
-        (lambda t, w: ["upscale", str(t / "ok.png"), "-o", str(t / "o"), "--weights", str(w), "--scale", "4"], "expected scale x4, found drn_tiny x2"),
+        (
+            lambda t, w: ["upscale", str(t / "missing.png"), "-o", str(t / "o"), "--weights", str(w)],
+            "missing.png: input does not exist",
+        ),
+        (
+            lambda t, w: ["upscale", str(t / "ok.png"), "-o", str(t / "o"), "--weights", str(w), "--scale", "4"],
+            "expected scale x4, found drn_tiny x2",
+        ),
         (lambda t, w: ["upscale", str(t / "ok.png"), "-o", str(t / "o"), "--weights", str(t / "nope.pt")], "nope.pt"),
-        (lambda t, w: ["upscale", str(t / "bomb.png"), "-o", str(t / "o"), "--weights", str(w)], "possible decompression bomb"),
-        (lambda t, w: ["upscale", str(t / "ok.png"), "-o", str(t / "o"), "--weights", str(w), "--max-pixels", "100"], "over the limit of 100 pixels"),
-        (lambda t, w: ["upscale", str(t / "empty.png"), "-o", str(t / "o"), "--weights", str(w)], "empty.png: file is empty"),
-        (lambda t, w: ["upscale", str(t / "ok.png"), "-o", str(t / "ok.png") + "/sub", "--weights", str(w)], "cannot write to output folder"),
-        (lambda t, w: ["upscale", str(t / "ok.png"), "-o", str(t / "o"), "--weights", str(w), "--precision", "fp16", "--device", "cpu"], "--precision"),
+        (
+            lambda t, w: ["upscale", str(t / "bomb.png"), "-o", str(t / "o"), "--weights", str(w)],
+            "possible decompression bomb",
+        ),
+        (
+            lambda t, w: ["upscale", str(t / "ok.png"), "-o", str(t / "o"), "--weights", str(w), "--max-pixels", "100"],
+            "over the limit of 100 pixels",
+        ),
+        (
+            lambda t, w: ["upscale", str(t / "empty.png"), "-o", str(t / "o"), "--weights", str(w)],
+            "empty.png: file is empty",
+        ),
+        (
+            lambda t, w: ["upscale", str(t / "ok.png"), "-o", str(t / "ok.png") + "/sub", "--weights", str(w)],
+            "cannot write to output folder",
+        ),
+        (
+            lambda t, w: [
+                "upscale",
+                str(t / "ok.png"),
+                "-o",
+                str(t / "o"),
+                "--weights",
+                str(w),
+                "--precision",
+                "fp16",
+                "--device",
+                "cpu",
+            ],
+            "--precision",
+        ),
         (lambda t, w: ["info", str(t / "ok.png")], "ok.png"),
     ],
-    ids=["missing-input", "scale-mismatch", "missing-weights", "bomb-header", "max-pixels", "empty-image", "output-under-a-file", "fp16-on-cpu", "info-not-weights"],
+    ids=[
+        "missing-input",
+        "scale-mismatch",
+        "missing-weights",
+        "bomb-header",
+        "max-pixels",
+        "empty-image",
+        "output-under-a-file",
+        "fp16-on-cpu",
+        "info-not-weights",
+    ],
 )
 def test_expected_failures_print_one_line(tmp_path: Path, weights, capsys, make_args, expected: str) -> None:
     write_image(tmp_path / "ok.png")
     png_claiming(tmp_path / "bomb.png", 30000, 30000)
     (tmp_path / "empty.png").write_bytes(b"")
     code = main(make_args(tmp_path, weights[0]))
-    out, err = capsys.readouterr()
+    _out, err = capsys.readouterr()
     assert code != 0
     lines = error_lines(err)
     assert len(lines) == 1, err
@@ -131,7 +195,17 @@ def test_unwritable_output_folder(tmp_path: Path, weights, capsys) -> None:
 
 def test_console_script_runs_without_traceback(tmp_path: Path, weights) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "drn_lightning.cli", "upscale", str(tmp_path / "none.png"), "-o", str(tmp_path), "--weights", str(weights[0])],
+        [
+            sys.executable,
+            "-m",
+            "drn_lightning.cli",
+            "upscale",
+            str(tmp_path / "none.png"),
+            "-o",
+            str(tmp_path),
+            "--weights",
+            str(weights[0]),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -158,10 +232,12 @@ def test_convert_round_trip_is_bit_exact(tmp_path: Path, weights, capsys) -> Non
         for key in flat_a:
             va, vb = flat_a[key], flat_b[key]
             if isinstance(va, dict):
-                assert list(va) == list(vb) and all(torch.equal(va[k], vb[k]) and va[k].dtype == vb[k].dtype for k in va)
+                assert list(va) == list(vb) and all(
+                    torch.equal(va[k], vb[k]) and va[k].dtype == vb[k].dtype for k in va
+                )
             else:
                 assert torch.equal(va, vb) and va.dtype == vb.dtype
-    primal, duals, info = load_official(tmp_path / "back.pt", tmp_path / "back_dual_model.pt")
+    _primal, duals, info = load_official(tmp_path / "back.pt", tmp_path / "back_dual_model.pt")
     assert info["variant"] == "drn_tiny" and info["scale"] == 2 and len(duals) == 1
 
 

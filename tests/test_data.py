@@ -215,7 +215,9 @@ def test_augmentation_same_transform_on_all_levels(
     ds = PairedDataset(hr_dir, SCALE, PATCH, lr_dir=lr_dir, augment=True)
     plain = PairedDataset(hr_dir, SCALE, PATCH, lr_dir=lr_dir, augment=False)
     monkeypatch.setattr(
-        datasets_mod, "_random_flags", lambda augment, generator=None: tuple(map(bool, flags)) if augment else (False,) * 3
+        datasets_mod,
+        "random_flags",
+        lambda augment, generator=None: tuple(map(bool, flags)) if augment else (False,) * 3,
     )
     torch.manual_seed(3)
     aug = ds[1]
@@ -281,7 +283,7 @@ def test_keyed_samples_come_from_their_seed_not_the_global_rng(div2k: tuple[Path
 
 
 def test_patch_size_must_be_multiple_of_scale(div2k: tuple[Path, Path]) -> None:
-    with pytest.raises(ValueError, match=r"patch_size \(30\).*scale \(4\)"):
+    with pytest.raises(ValueError, match=r"patch_size=30 must be a positive multiple of scale=4"):
         PairedDataset(div2k[0], 4, 30, lr_dir=div2k[1])
     with pytest.raises(ValueError, match="scale"):
         PairedDataset(div2k[0], 3, 30)
@@ -370,7 +372,9 @@ def test_lazy_mode_truncated_file(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert raising.num_images == 2  # only headers are read up front
     with pytest.raises(ImageReadError, match="b.png"):
         raising[1]
-    skipping = PairedDataset(folder, SCALE, PATCH, lr_cache_dir=tmp_path / "c", cache_in_memory=False, on_bad_file="skip")
+    skipping = PairedDataset(
+        folder, SCALE, PATCH, lr_cache_dir=tmp_path / "c", cache_in_memory=False, on_bad_file="skip"
+    )
     with caplog.at_level(logging.WARNING):
         s = skipping[1]
     assert s["name"] == "a.png" and "b.png" in caplog.text
@@ -476,6 +480,23 @@ def test_benchmark_flat_folder_generates_pyramid(tmp_path: Path) -> None:
         BenchmarkDataset(tmp_path, "Set99", 4)
 
 
+def test_benchmark_with_another_degradation_ignores_the_bicubic_lr_files(
+    div2k: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`degradation=nearest` scores on Nearest LR made from the HR, even where LR_bicubic files exist."""
+    hr_dir, lr_dir = div2k
+    root = tmp_path / "benchmark"
+    for p in hr_dir.iterdir():
+        _png(_load(p), root / "Set3" / "HR" / p.name)
+    for p in (lr_dir / "X4").iterdir():
+        _png(_load(p), root / "Set3" / "LR_bicubic" / "X4" / p.name)
+    ds = BenchmarkDataset(root, "Set3", SCALE, degradation="nearest", lr_cache_dir=tmp_path / "c")
+    hr = _mod(_load(hr_dir / "0001.png"))
+    np.testing.assert_array_equal(_chw(ds[0]["lr"][0]), hr[2::4, 2::4])  # MATLAB nearest keeps floor((i + 0.5) * 4)
+    with pytest.raises(ValueError, match="degradation='jpeg'"):
+        BenchmarkDataset(root, "Set3", SCALE, degradation="jpeg")
+
+
 # ---------------------------------------------------------------- demo photos
 
 
@@ -501,6 +522,18 @@ def test_demo_split_is_disjoint_and_offline(monkeypatch: pytest.MonkeyPatch) -> 
             assert chroma == 0, f"{name} is greyscale: its three channels must be equal"
         else:
             assert chroma > 2, f"{name} should be a colour photo"
+
+
+def test_demo_photos_are_a_folder_made_on_first_use(tmp_path: Path) -> None:
+    from drn_lightning.data import demo_photos
+
+    train = demo_photos("train", tmp_path / "demo")
+    assert train == tmp_path / "demo" / "train" and sorted(p.stem for p in train.iterdir()) == sorted(DEMO_TRAIN)
+    assert demo_photos(None, tmp_path / "demo") == tmp_path / "demo"
+    with pytest.raises(ValueError, match="split='test'"):
+        demo_photos("test", tmp_path / "demo")
+    ds = PairedDataset(lambda: demo_photos("val", tmp_path / "demo"), 2, 16)  # a folder given as a callable
+    assert sorted(p.stem for p in ds.files) == sorted(DEMO_VAL)
 
 
 def test_materialize_demo_idempotent(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
-"""SRDataModule / DemoDataModule: option validation, Hydra construction, batches, sharding, epochs."""
+"""SRDataModule: option validation, Hydra construction, batches, sharding, epochs, mid-epoch resume."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,8 +15,17 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from drn_lightning.data import DEMO_VAL, DemoDataModule, MixedBatchSampler, SRDataModule, load_demo_image
-from drn_lightning.data.datamodule import ShardSampler
+from drn_lightning.data import (
+    DEMO_VAL,
+    BenchmarkDataset,
+    MixedBatchSampler,
+    PairedDataset,
+    SRDataModule,
+    UnpairedDataset,
+    demo_photos,
+    load_demo_image,
+)
+from drn_lightning.data.datamodule import ResumableLoader, ShardSampler
 from drn_lightning.ops.degrade import lr_pyramid
 
 SCALE, PATCH = 4, 32
@@ -40,24 +50,30 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for k in range(3):
         _png(coffee[30 * k : 30 * k + 20, 50 * k : 50 * k + 24], root / "real_lr" / f"lr{k}.png")
     for k in range(3):
-        _png(coffee[100 + 20 * k : 164 + 20 * k, 20 * k : 70 + 20 * k], root / "benchmark" / "Set3" / "HR" / f"img{k}.png")
+        _png(
+            coffee[100 + 20 * k : 164 + 20 * k, 20 * k : 70 + 20 * k],
+            root / "benchmark" / "Set3" / "HR" / f"img{k}.png",
+        )
     _png(coffee[200:260, 300:360], root / "benchmark" / "Flat" / "one.png")
     return root
 
 
 def _dm(root: Path, **kw: Any) -> SRDataModule:
-    base: dict[str, Any] = dict(
-        scale=SCALE,
-        patch_size=PATCH,
-        batch_size=10,
-        train={"hr_dir": str(root / "train_HR"), "lr_dir": str(root / "train_LR")},
-        unpaired={"lr_dir": str(root / "real_lr")},
-        unpaired_ratio=0.3,
-        val_sets=[str(root / "benchmark" / "Set3"), {"root": str(root / "benchmark"), "set_name": "Flat", "name": "flat"}],
-        steps_per_epoch=4,
-        num_workers=0,
-        demo_root=str(root / "demo"),
-    )
+    """The DataModule as a config builds it: dataset factories (Hydra `_partial_: true`) it calls itself."""
+    base: dict[str, Any] = {
+        "scale": SCALE,
+        "patch_size": PATCH,
+        "batch_size": 10,
+        "train": partial(PairedDataset, hr_dir=str(root / "train_HR"), lr_dir=str(root / "train_LR")),
+        "unpaired": partial(UnpairedDataset, lr_dir=str(root / "real_lr")),
+        "unpaired_ratio": 0.3,
+        "val_sets": {
+            "Set3": partial(BenchmarkDataset, root=str(root / "benchmark"), set_name="Set3"),
+            "flat": partial(BenchmarkDataset, root=str(root / "benchmark"), set_name="Flat", name="flat"),
+        },
+        "steps_per_epoch": 4,
+        "num_workers": 0,
+    }
     base.update(kw)
     return SRDataModule(**base)
 
@@ -67,7 +83,6 @@ def _dm(root: Path, **kw: Any) -> SRDataModule:
 
 def test_mixed_batch_three_unpaired_of_ten(data_root: Path) -> None:
     dm = _dm(data_root)
-    dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert len(batches) == 4
     for batch in batches:
@@ -83,7 +98,6 @@ def test_mixed_batch_three_unpaired_of_ten(data_root: Path) -> None:
 
 def test_paired_only_with_workers(data_root: Path) -> None:
     dm = _dm(data_root, unpaired=None, unpaired_ratio=0.0, batch_size=3, num_workers=2, steps_per_epoch=3)
-    dm.setup("fit")
     loader = dm.train_dataloader()
     assert isinstance(loader.batch_sampler, MixedBatchSampler) and loader.num_workers == 2
     for _ in range(2):  # two passes through persistent workers
@@ -94,7 +108,6 @@ def test_paired_only_with_workers(data_root: Path) -> None:
 
 def test_unpaired_given_but_ratio_zero_is_unused(data_root: Path) -> None:
     dm = _dm(data_root, unpaired_ratio=0.0)
-    dm.setup("fit")
     assert dm.unpaired_dataset is None
     assert all(bool(b["paired"].all()) for b in dm.train_dataloader())
 
@@ -102,7 +115,6 @@ def test_unpaired_given_but_ratio_zero_is_unused(data_root: Path) -> None:
 def test_val_loaders_in_name_order(data_root: Path) -> None:
     dm = _dm(data_root)
     assert dm.val_set_names == ["Set3", "flat"]
-    dm.setup("validate")
     loaders = dm.val_dataloader()
     assert len(loaders) == 2
     first = list(loaders[0])
@@ -125,9 +137,11 @@ def test_shard_sampler_splits_without_duplicates() -> None:
 
 def test_rank_world_epoch_from_trainer(data_root: Path) -> None:
     dm = _dm(data_root)
-    dm.setup("fit")
     dm.trainer = SimpleNamespace(  # type: ignore[assignment]
-        global_rank=1, world_size=2, current_epoch=3, _accelerator_connector=SimpleNamespace(use_distributed_sampler=False)
+        global_rank=1,
+        world_size=2,
+        current_epoch=3,
+        _accelerator_connector=SimpleNamespace(use_distributed_sampler=False),
     )
     loader = dm.train_dataloader()
     sampler = loader.batch_sampler
@@ -144,7 +158,10 @@ def test_rank_world_epoch_from_trainer(data_root: Path) -> None:
 
 def _fake_trainer(rank: int, world: int) -> SimpleNamespace:
     return SimpleNamespace(
-        global_rank=rank, world_size=world, current_epoch=0, _accelerator_connector=SimpleNamespace(use_distributed_sampler=False)
+        global_rank=rank,
+        world_size=world,
+        current_epoch=0,
+        _accelerator_connector=SimpleNamespace(use_distributed_sampler=False),
     )
 
 
@@ -160,9 +177,14 @@ def test_ddp_ranks_draw_their_own_crops(data_root: Path, tmp_path: Path) -> None
     _png(load_demo_image("astronaut")[:160, :160], tmp_path / "one" / "0000.png")
     per_rank = []
     for rank in range(2):
-        dm = _dm(data_root, train={"hr_dir": str(tmp_path / "one"), "samples_per_epoch": 8}, unpaired=None,
-                 unpaired_ratio=0.0, batch_size=2, steps_per_epoch=2)
-        dm.setup("fit")
+        dm = _dm(
+            data_root,
+            train=partial(PairedDataset, hr_dir=str(tmp_path / "one"), samples_per_epoch=8),
+            unpaired=None,
+            unpaired_ratio=0.0,
+            batch_size=2,
+            steps_per_epoch=2,
+        )
         dm.trainer = _fake_trainer(rank, 2)  # type: ignore[assignment]
         torch.manual_seed(0)
         per_rank.append(list(dm.train_dataloader()))
@@ -173,16 +195,14 @@ def test_ddp_ranks_draw_their_own_crops(data_root: Path, tmp_path: Path) -> None
 
 def test_batches_do_not_depend_on_workers_or_on_earlier_batches(data_root: Path) -> None:
     """Keyed crops: 0 or 2 workers give the same tensors, and a resumed epoch repeats the uninterrupted tail."""
-    from drn_lightning.reliability import _rebuild_loader, _ResumedBatchSampler
-
     runs = {}
     for workers in (0, 2):
         dm = _dm(data_root, num_workers=workers, steps_per_epoch=4)
-        dm.setup("fit")
         torch.manual_seed(workers)  # the global RNG plays no part
         loader = dm.train_dataloader()
         runs[workers] = list(loader)
-        resumed = _rebuild_loader(loader, _ResumedBatchSampler(loader.batch_sampler, 2, 0, lambda: None))
+        resumed = dm.train_dataloader()
+        resumed.load_state_dict({"epoch": 0, "batches": 2})  # what Lightning restores from a checkpoint
         assert _batches_equal(list(resumed), runs[workers][2:])
     assert _batches_equal(runs[0], runs[2])
     assert int((~runs[0][0]["paired"]).sum()) == 3
@@ -217,8 +237,14 @@ def test_lightning_fit_sets_epoch_on_sampler(data_root: Path) -> None:
     dm = _dm(data_root, steps_per_epoch=2)
     probe = _Probe()
     trainer = pl.Trainer(
-        max_epochs=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+        max_epochs=3,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
         num_sanity_val_steps=0,
     )
     trainer.fit(probe, datamodule=dm)
@@ -237,67 +263,90 @@ def test_hydra_instantiate_from_yaml(data_root: Path) -> None:
         scale: 4
         patch_size: 32
         batch_size: 10
-        train: {{hr_dir: {data_root / 'train_HR'}, lr_dir: {data_root / 'train_LR'}, augment: false}}
-        unpaired: {{lr_dir: {data_root / 'real_lr'}}}
+        train: {{_target_: drn_lightning.data.PairedDataset, _partial_: true, hr_dir: {data_root / "train_HR"},
+                 lr_dir: {data_root / "train_LR"}, augment: false}}
+        unpaired: {{_target_: drn_lightning.data.UnpairedDataset, _partial_: true, lr_dir: {data_root / "real_lr"}}}
         unpaired_ratio: 0.3
-        val_sets: [{data_root / 'benchmark' / 'Set3'}]
+        val_sets:
+          Set3: {{_target_: drn_lightning.data.BenchmarkDataset, _partial_: true, root: {data_root / "benchmark"},
+                  set_name: Set3}}
         steps_per_epoch: 2
         num_workers: 0
         """
     )
     dm = hydra.utils.instantiate(cfg)
     assert isinstance(dm, SRDataModule) and dm.val_set_names == ["Set3"]
-    dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert int((~batch["paired"]).sum()) == 3
+
+
+def _paired(root: Path, **kw: Any) -> partial:
+    return partial(PairedDataset, hr_dir=str(root / "train_HR"), lr_dir=str(root / "train_LR"), **kw)
 
 
 @pytest.mark.parametrize(
     "override,match",
     [
-        ({"unpaired_ratio": 1.0}, "unpaired_ratio"),
-        ({"unpaired_ratio": -0.2}, "unpaired_ratio"),
-        ({"patch_size": 30}, r"patch_size \(30\).*scale \(4\)"),
-        ({"scale": 3, "patch_size": 30}, "scale must be one of"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"unpaired": None}, "unpaired"),
-        ({"train": {"hr_dir": "x", "lr_dirr": "y"}}, r"unknown keys \['lr_dirr'\]"),
-        ({"train": {}}, "train.hr_dir"),
-        ({"train": {"demo": True, "hr_dir": "x"}}, "not both"),
-        ({"unpaired": {"lr_dir": "a", "hr_dir": "b"}}, "exactly one"),
-        ({"unpaired": {"demo": True, "degradation": "blur"}}, "unpaired.degradation"),
-        ({"val_sets": [{"root": "x"}]}, r"val_sets\[0\]"),
-        ({"train": {"demo": True, "on_bad_file": "ignore"}}, "on_bad_file"),
+        ({"unpaired_ratio": 1.0}, r"^unpaired_ratio=1.0 must be in \[0, 1\)"),
+        ({"unpaired_ratio": -0.2}, r"^unpaired_ratio=-0.2 must be in \[0, 1\)"),
+        ({"patch_size": 30}, r"^patch_size=30 must be a positive multiple of scale=4"),
+        ({"scale": 3, "patch_size": 30}, "scale must be a power of two"),
+        ({"batch_size": 0}, r"^batch_size=0 must be an integer >= 1"),
+        ({"unpaired": None}, r"^unpaired_ratio=0.3 > 0 needs an unpaired dataset"),
+        ({"train": lambda root: _paired(root, lr_dirr="y")}, "unexpected keyword argument 'lr_dirr'"),
+        ({"train": lambda root: partial(PairedDataset)}, "missing 1 required positional argument: 'hr_dir'"),
+        ({"unpaired": lambda root: partial(UnpairedDataset, lr_dir="a", hr_dir="b")}, r"^unpaired\..*exactly one"),
+        (
+            {"unpaired": lambda root: partial(UnpairedDataset, hr_dir=str(root / "real_lr"), degradation="blur")},
+            r"^unpaired\.degradation='blur'; allowed: bd, bicubic, nearest",
+        ),
+        (
+            {"val_sets": lambda root: {"x": partial(BenchmarkDataset, root="x")}},
+            "missing 1 required positional argument: 'set_name'",
+        ),
+        (
+            {"train": lambda root: _paired(root, on_bad_file="ignore")},
+            r"^train\.on_bad_file='ignore'; allowed: raise, skip",
+        ),
     ],
 )
 def test_options_validated_up_front(data_root: Path, override: dict[str, Any], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    """Every option is checked, by the object it belongs to, before a dataset reads its folder; the message
+    starts with the option (`train.` for a dataset's own), as the entry point names it under `data.`."""
+    override = {k: v(data_root) if callable(v) and not isinstance(v, partial) else v for k, v in override.items()}
+    with pytest.raises((ValueError, TypeError), match=match):
         _dm(data_root, **override)
 
 
 def test_missing_paths_named(data_root: Path) -> None:
     missing = data_root / "no_such_dir"
-    with pytest.raises(FileNotFoundError, match=r"train.hr_dir.*no_such_dir"):
-        _dm(data_root, train={"hr_dir": str(missing)})
-    with pytest.raises(FileNotFoundError, match=r"unpaired.lr_dir.*no_such_dir"):
-        _dm(data_root, unpaired={"lr_dir": str(missing)})
-    with pytest.raises(FileNotFoundError, match=r"val_sets\[1\].*no_such_dir"):
-        _dm(data_root, val_sets=[str(data_root / "benchmark" / "Set3"), str(missing)])
-    with pytest.raises(ValueError, match="unique"):
-        _dm(data_root, val_sets=[str(data_root / "benchmark" / "Set3")] * 2)
+    with pytest.raises(FileNotFoundError, match=r"^train.hr_dir: .*no_such_dir does not exist"):
+        _dm(data_root, train=partial(PairedDataset, hr_dir=str(missing)))
+    with pytest.raises(FileNotFoundError, match=r"^unpaired.lr_dir: .*no_such_dir"):
+        _dm(data_root, unpaired=partial(UnpairedDataset, lr_dir=str(missing)))
+    with pytest.raises(FileNotFoundError, match=r"^val_sets.B.set_name: .*no_such_dir"):
+        _dm(data_root, val_sets={"B": partial(BenchmarkDataset, root=str(data_root), set_name="no_such_dir")})
 
 
 # ---------------------------------------------------------------- demo
 
 
 def test_demo_datamodule_offline(tmp_path: Path) -> None:
-    dm = DemoDataModule(
-        scale=2, patch_size=32, batch_size=4, unpaired_ratio=0.25, steps_per_epoch=2, num_workers=0,
-        demo_root=str(tmp_path / "demo"),
+    """The demo photos are datasets like any other: folders written on first use, held-out photos for validation."""
+    root = str(tmp_path / "demo")
+    photos = partial(demo_photos, "train", root)
+    dm = SRDataModule(
+        scale=2,
+        patch_size=32,
+        batch_size=4,
+        unpaired_ratio=0.25,
+        steps_per_epoch=2,
+        num_workers=0,
+        train=partial(PairedDataset, hr_dir=photos),
+        unpaired=partial(UnpairedDataset, hr_dir=photos),
+        val_sets={"demo": partial(BenchmarkDataset, root=partial(demo_photos, None, root), set_name="val")},
     )
     assert dm.val_set_names == ["demo"]
-    dm.prepare_data()
-    dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert int((~batch["paired"]).sum()) == 1
     assert [tuple(t.shape) for t in batch["lr"]] == [(4, 3, 16, 16)]
@@ -305,7 +354,35 @@ def test_demo_datamodule_offline(tmp_path: Path) -> None:
     (val,) = dm.val_dataloader()
     assert sorted(b["name"][0] for b in val) == sorted(f"{n}.png" for n in DEMO_VAL)
     via_hydra = hydra.utils.instantiate(
-        {"_target_": "drn_lightning.data.SRDataModule", "scale": 2, "patch_size": 32, "batch_size": 2,
-         "train": {"demo": True}, "val_sets": [{"demo": True}], "demo_root": str(tmp_path / "demo")}
+        OmegaConf.load(Path(__file__).parents[1] / "conf" / "data" / "demo.yaml"),
+        scale=2,
+        patch_size=32,
+        seed=0,
+        num_workers=0,
+        train={"hr_dir": {"root": root}},
+        val_sets={"demo": {"root": {"root": root}}},
     )
-    assert via_hydra.val_set_names == ["demo"]
+    assert via_hydra.val_set_names == ["demo"] and len(via_hydra.train_dataset) == 10
+
+
+def test_resumable_loader_restarts_a_mismatched_epoch_and_reads_the_epoch_at_the_first_batch(data_root: Path) -> None:
+    """A saved position applies once and only to its own epoch; the iterator reads the sampler's epoch at its
+    first batch, because Lightning creates a resumed epoch's iterator before it calls set_epoch."""
+    from lightning_fabric.utilities.data import _set_sampler_epoch
+
+    def epoch(e: int) -> list[dict[str, Any]]:
+        loader = _dm(data_root, steps_per_epoch=4).train_dataloader()
+        loader.batch_sampler.set_epoch(e)
+        return list(loader)
+
+    loader = _dm(data_root, steps_per_epoch=4).train_dataloader()
+    assert isinstance(loader, ResumableLoader)
+    _set_sampler_epoch(loader, 1)
+    assert _batches_equal(list(loader), epoch(1)) and loader.state_dict() == {"epoch": 1, "batches": 4}
+    loader.load_state_dict({"epoch": 0, "batches": 3})  # stale: not the loader's epoch, so the epoch restarts
+    assert _batches_equal(list(loader), epoch(1))
+    loader.load_state_dict({"epoch": 2, "batches": 1})
+    iterator = iter(loader)
+    _set_sampler_epoch(loader, 2)
+    assert _batches_equal(list(iterator), epoch(2)[1:]) and loader.state_dict() == {"epoch": 2, "batches": 4}
+    assert _batches_equal(list(loader), epoch(2))  # the position applied once

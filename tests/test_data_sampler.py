@@ -52,7 +52,15 @@ def test_rho_zero_has_no_unpaired() -> None:
 
 
 def test_deterministic_under_seed_and_seed_matters() -> None:
-    kw = dict(n_paired=30, n_unpaired=15, batch_size=6, unpaired_ratio=0.4, num_batches=10, num_replicas=2, rank=1)
+    kw = {
+        "n_paired": 30,
+        "n_unpaired": 15,
+        "batch_size": 6,
+        "unpaired_ratio": 0.4,
+        "num_batches": 10,
+        "num_replicas": 2,
+        "rank": 1,
+    }
     a, b = MixedBatchSampler(**kw, seed=3), MixedBatchSampler(**kw, seed=3)  # type: ignore[arg-type]
     assert list(a) == list(b) == list(a)
     assert list(MixedBatchSampler(**kw, seed=4)) != list(a)  # type: ignore[arg-type]
@@ -76,7 +84,7 @@ def test_epochs_differ_and_cover_every_sample_equally() -> None:
     for e in range(5):
         short.set_epoch(e)
         drawn += [i for batch in short for i in batch]
-    assert Counter(drawn) == Counter({i: 2 for i in range(10)})
+    assert Counter(drawn) == Counter(dict.fromkeys(range(10), 2))
 
 
 def test_lightning_epoch_hook_reaches_the_sampler() -> None:
@@ -101,7 +109,9 @@ def test_invalid_configurations() -> None:
     with pytest.raises(ValueError, match="no paired sample"):
         MixedBatchSampler(n_paired=4, n_unpaired=4, batch_size=2, unpaired_ratio=0.9, num_batches=1)
     with pytest.raises(ValueError, match="rank"):
-        MixedBatchSampler(n_paired=4, n_unpaired=4, batch_size=2, unpaired_ratio=0.0, num_batches=1, num_replicas=2, rank=2)
+        MixedBatchSampler(
+            n_paired=4, n_unpaired=4, batch_size=2, unpaired_ratio=0.0, num_batches=1, num_replicas=2, rank=2
+        )
     with pytest.raises(ValueError, match="batch_size"):
         MixedBatchSampler(n_paired=4, n_unpaired=4, batch_size=0, unpaired_ratio=0.0, num_batches=1)
     with pytest.raises(ValueError, match="n_paired"):
@@ -129,7 +139,15 @@ def test_pool_smaller_than_a_batch_cycles() -> None:
 
 
 def test_keyed_batches_pair_each_index_with_the_seed_of_its_global_slot() -> None:
-    kw = dict(n_paired=30, n_unpaired=20, batch_size=4, unpaired_ratio=0.25, num_batches=3, num_replicas=2, seed=7)
+    kw = {
+        "n_paired": 30,
+        "n_unpaired": 20,
+        "batch_size": 4,
+        "unpaired_ratio": 0.25,
+        "num_batches": 3,
+        "num_replicas": 2,
+        "seed": 7,
+    }
     plain = _all_ranks(**kw)
     keyed = [MixedBatchSampler(**{**kw, "rank": r, "keyed": True}) for r in range(2)]  # type: ignore[arg-type]
     for p, k in zip(plain, keyed, strict=True):

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BENCHMARKS_DIR, REPO_ROOT, run_module
 from PIL import Image
 
+from conftest import BENCHMARKS_DIR, REPO_ROOT, run_module
 from drn_lightning.eval import bicubic_upscaler, evaluate, model_upscaler
 from drn_lightning.metrics import psnr_y
 from drn_lightning.models import build_drn, official_to_checkpoint
@@ -50,8 +50,15 @@ def _bicubic_eval(root: Path, set_name: str, tmp_path: Path) -> tuple[dict, subp
     out = tmp_path / f"{set_name}.json"
     result = run_module(
         "drn_lightning.eval",
-        ["model=bicubic", "scale=4", "data=benchmark", f"data.root={root}", f"data.sets=[{set_name}]",
-         f"results_json={out}", f"hydra.run.dir={tmp_path / 'run'}"],
+        [
+            "model=bicubic",
+            "scale=4",
+            "data=benchmark",
+            f"data.root={root}",
+            f"data.sets=[{set_name}]",
+            f"results_json={out}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
         cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr
@@ -76,8 +83,15 @@ def test_eval_with_our_checkpoint_matches_in_process_scores(tmp_path: Path) -> N
     out = tmp_path / "model.json"
     result = run_module(
         "drn_lightning.eval",
-        ["model=drn_tiny", "scale=4", f"weights={ckpt}", f"data.root={root}", "data.sets=[Photos]",
-         f"results_json={out}", f"hydra.run.dir={tmp_path / 'run'}"],
+        [
+            "model=drn_tiny",
+            "scale=4",
+            f"weights={ckpt}",
+            f"data.root={root}",
+            "data.sets=[Photos]",
+            f"results_json={out}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
         cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr
@@ -99,7 +113,8 @@ def test_eval_with_our_checkpoint_matches_in_process_scores(tmp_path: Path) -> N
 def test_eval_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     root = _photo_set(tmp_path / "bench")
     result = run_module(
-        "drn_lightning.eval", [f"data.root={root}", "data.sets=[Photos]", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+        "drn_lightning.eval",
+        [f"data.root={root}", "data.sets=[Photos]", *args, f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=REPO_ROOT,
     )
     assert result.returncode == 2
@@ -113,8 +128,14 @@ def test_eval_refuses_weights_of_another_scale(tmp_path: Path) -> None:
     official_to_checkpoint(primal, duals, {"variant": "drn_tiny", "scale": 8, "n_feats": 4, "n_blocks": 4}, ckpt)
     result = run_module(
         "drn_lightning.eval",
-        ["model=drn_tiny", "scale=4", f"weights={ckpt}", f"data.root={root}", "data.sets=[Photos]",
-         f"hydra.run.dir={tmp_path / 'run'}"],
+        [
+            "model=drn_tiny",
+            "scale=4",
+            f"weights={ckpt}",
+            f"data.root={root}",
+            "data.sets=[Photos]",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
         cwd=REPO_ROOT,
     )
     assert result.returncode == 2

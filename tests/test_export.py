@@ -90,9 +90,26 @@ def test_export_errors_name_the_file(tmp_path: Path, tiny4: torch.nn.Module) -> 
 
 def test_cli_export(tmp_path: Path, tiny4: torch.nn.Module, capsys) -> None:
     save_official(tiny4, None, tmp_path / "w.pt")
-    assert main(["export", "--weights", str(tmp_path / "w.pt"), "--format", "onnx", "-o", str(tmp_path / "w.onnx")]) == 0
+    assert (
+        main(["export", "--weights", str(tmp_path / "w.pt"), "--format", "onnx", "-o", str(tmp_path / "w.onnx")]) == 0
+    )
     out = capsys.readouterr().out
     assert "drn_tiny x4" in out and "verified against eager PyTorch" in out
     check_onnx(tmp_path / "w.onnx", tiny4)
-    assert main(["export", "--weights", str(tmp_path / "w.pt"), "--format", "onnx", "-o", str(tmp_path / "w.onnx"), "--scale", "2"]) == 1
+    assert (
+        main(
+            [
+                "export",
+                "--weights",
+                str(tmp_path / "w.pt"),
+                "--format",
+                "onnx",
+                "-o",
+                str(tmp_path / "w.onnx"),
+                "--scale",
+                "2",
+            ]
+        )
+        == 1
+    )
     assert "expected scale x2" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Inference: tiling equals whole-image output, self-ensemble, the upscale() API on PIL/NumPy/tensors, RSS helper."""
+"""Inference: tiling equals whole-image output, self-ensemble, the upscale() API on PIL/NumPy/tensors."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from drn_lightning.inference import (
     Upscaler,
     load_upscaler,
     upscale,
-    upscale_peak_rss,
 )
 from drn_lightning.models import CheckpointError, build_drn, official_to_checkpoint, save_official
 from drn_lightning.models.drn import ChannelAttention
@@ -261,7 +260,9 @@ def test_weights_files_infer_variant_and_scale(tmp_path, rgb_u8: np.ndarray) -> 
     torch.manual_seed(3)
     primal, duals = build_drn("drn_tiny", 4)
     save_official(primal, duals, tmp_path / "p.pt", tmp_path / "d.pt")
-    official_to_checkpoint(primal, duals, {"variant": "drn_tiny", "scale": 4, "n_feats": 8, "n_blocks": 4}, tmp_path / "w.ckpt")
+    official_to_checkpoint(
+        primal, duals, {"variant": "drn_tiny", "scale": 4, "n_feats": 8, "n_blocks": 4}, tmp_path / "w.ckpt"
+    )
     from_pt = drn_lightning.upscale(rgb_u8, tmp_path / "p.pt", device="cpu")
     from_ckpt = upscale(rgb_u8, str(tmp_path / "w.ckpt"), device="cpu")
     from_model = upscale(rgb_u8, model=primal, device="cpu")
@@ -304,21 +305,3 @@ def test_bf16_autocast_runs_on_cpu_and_stays_close(tiny2: nn.Module, rgb_u8: np.
 def test_auto_device_is_cpu_without_cuda(tiny2: nn.Module) -> None:
     up = Upscaler(tiny2, device="auto")
     assert up.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-# --- peak RSS helper --------------------------------------------------------------------------------
-
-
-def test_peak_rss_helper_reports_a_child_process_peak() -> None:
-    report = upscale_peak_rss("drn_tiny", 2, size=(64, 64), tile=None)
-    assert report.baseline_bytes > 50 * 2**20  # interpreter + torch are resident before the call
-    assert report.peak_bytes >= report.baseline_bytes
-
-
-@pytest.mark.slow
-def test_tiled_drn_s_x4_uses_less_memory_than_whole_image() -> None:
-    # Measured on a 2-core CPU: tiled ~413 MiB, whole ~573 MiB peak (interpreter + torch ~273 MiB).
-    tiled = upscale_peak_rss("drn_s", 4, size=(128, 128), tile=64, tile_passes=1)
-    whole = upscale_peak_rss("drn_s", 4, size=(128, 128), tile=None)
-    assert tiled.peak_bytes < 2 * 2**30
-    assert tiled.peak_bytes < whole.peak_bytes

@@ -38,9 +38,7 @@ def test_psnr_constant_offset_rgb_goes_through_y():
     expected = 20 * math.log10(255 / (d * 219 / 255))
     assert psnr_y(hr + d, hr, scale=4).item() == pytest.approx(expected, abs=1e-9)
     # with Y rounded: 16 + 90*219/255 = 93.29 -> 93 and 16 + 100*219/255 = 101.88 -> 102
-    assert psnr_y(hr + d, hr, scale=4, round_y=True).item() == pytest.approx(
-        20 * math.log10(255 / 9), abs=1e-9
-    )
+    assert psnr_y(hr + d, hr, scale=4, round_y=True).item() == pytest.approx(20 * math.log10(255 / 9), abs=1e-9)
 
 
 def test_psnr_identical_is_inf_and_mean_is_inf():

@@ -92,8 +92,13 @@ def test_state_dict_keys_and_shapes_match_authors(variant: str, scale: int) -> N
 def test_named_examples_from_the_released_files() -> None:
     primal, _ = build_drn("drn_s", 4)
     sd = primal.state_dict()
-    for key in ("head.weight", "down.0.dual_module.0.0.weight", "up_blocks.0.3.body.3.conv_du.0.weight",
-                "tail.2.weight", "sub_mean.weight"):
+    for key in (
+        "head.weight",
+        "down.0.dual_module.0.0.weight",
+        "up_blocks.0.3.body.3.conv_du.0.weight",
+        "tail.2.weight",
+        "sub_mean.weight",
+    ):
         assert key in sd
     assert tuple(sd["up_blocks.0.3.body.3.conv_du.0.weight"].shape) == (4, 64, 1, 1)  # 64 channels // 16
 
@@ -172,7 +177,7 @@ def test_load_infers_variant_and_roundtrips_bit_exact(tmp_path: Path, variant: s
     for dual, raw in zip(duals, raw_duals):
         for key, value in dual.state_dict().items():
             assert torch.equal(raw[key], value)
-    again, again_duals, _ = load_official(tmp_path / "out.pt", tmp_path / "out_dual.pt")
+    again, _again_duals, _ = load_official(tmp_path / "out.pt", tmp_path / "out_dual.pt")
     x = torch.rand(1, 3, 6, 5) * 255
     with torch.no_grad():
         expected = primal(x)[-1]
@@ -241,7 +246,7 @@ class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: D105
+    def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
 
 

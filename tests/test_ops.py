@@ -79,12 +79,13 @@ def ref_contributions(
     return all_w, all_i
 
 
-def ref_resize_along(img: np.ndarray, axis: int, out_len: int, scale: float, kernel: str,
-                     antialias: bool, as_uint8: bool) -> np.ndarray:
+def ref_resize_along(
+    img: np.ndarray, axis: int, out_len: int, scale: float, kernel: str, antialias: bool, as_uint8: bool
+) -> np.ndarray:
     """One MATLAB pass along ``axis`` of an H x W x C array; uint8 results are rounded per pass."""
     weights, indices = ref_contributions(img.shape[axis], out_len, scale, kernel, antialias)
     src = np.moveaxis(img.astype(np.float64), axis, 0)
-    out = np.zeros((out_len,) + src.shape[1:], dtype=np.float64)
+    out = np.zeros((out_len, *src.shape[1:]), dtype=np.float64)
     for o in range(out_len):
         for w, i in zip(weights[o], indices[o]):
             out[o] += w * src[i - 1]
@@ -94,8 +95,13 @@ def ref_resize_along(img: np.ndarray, axis: int, out_len: int, scale: float, ker
     return out
 
 
-def ref_imresize(img: np.ndarray, scale: float | None = None, size: tuple[int, int] | None = None,
-                 kernel: str = "bicubic", antialias: bool = True) -> np.ndarray:
+def ref_imresize(
+    img: np.ndarray,
+    scale: float | None = None,
+    size: tuple[int, int] | None = None,
+    kernel: str = "bicubic",
+    antialias: bool = True,
+) -> np.ndarray:
     """MATLAB imresize of an H x W x C array (uint8 -> uint8, float -> float64)."""
     h, w = img.shape[:2]
     if scale is not None:
@@ -169,13 +175,11 @@ def test_imresize_size_argument_and_dimension_order(skimage_photos):
     diff = np.abs(to_hwc(out).astype(np.int32) - ref.astype(np.int32))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
     out_f = imresize(to_chw(img).double(), size=(45, 130))
-    np.testing.assert_allclose(to_hwc(out_f), ref_imresize(img.astype(np.float64), size=(45, 130)),
-                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(to_hwc(out_f), ref_imresize(img.astype(np.float64), size=(45, 130)), atol=1e-4, rtol=0)
 
 
 def test_imresize_batched_and_unbatched_agree(skimage_photos):
-    imgs = torch.stack([to_chw(skimage_photos["astronaut"][:64, :80]),
-                        to_chw(skimage_photos["coffee"][:64, :80])])
+    imgs = torch.stack([to_chw(skimage_photos["astronaut"][:64, :80]), to_chw(skimage_photos["coffee"][:64, :80])])
     batched = imresize(imgs.view(1, 2, 3, 64, 80), scale=0.25)
     assert tuple(batched.shape) == (1, 2, 3, 16, 20)
     for k in range(2):
@@ -270,15 +274,14 @@ def test_nearest_matches_reference_box_kernel(skimage_photos, scale):
 def ref_bd(img: np.ndarray, scale: int, ksize: int = 7, sigma: float = 1.6) -> np.ndarray:
     """imfilter(img, fspecial('gaussian', 7, 1.6), 'replicate') then imresize(.., 'nearest')."""
     r = ksize // 2
-    g = np.array([[math.exp(-(x * x + y * y) / (2 * sigma**2)) for x in range(-r, r + 1)]
-                  for y in range(-r, r + 1)])
+    g = np.array([[math.exp(-(x * x + y * y) / (2 * sigma**2)) for x in range(-r, r + 1)] for y in range(-r, r + 1)])
     g /= g.sum()
     padded = np.pad(img.astype(np.float64), ((r, r), (r, r), (0, 0)), mode="edge")
     h, w = img.shape[:2]
     blurred = np.zeros(img.shape, dtype=np.float64)
     for dy in range(ksize):
         for dx in range(ksize):
-            blurred += g[dy, dx] * padded[dy:dy + h, dx:dx + w]
+            blurred += g[dy, dx] * padded[dy : dy + h, dx : dx + w]
     if img.dtype == np.uint8:
         blurred = np.clip(np.floor(blurred + 0.5), 0, 255).astype(np.uint8)
     return ref_imresize(blurred, scale=1 / scale, kernel="nearest", antialias=False)
@@ -344,8 +347,7 @@ def test_rgb_to_y_hand_values():
     y = rgb_to_y(rgb.view(3, 1, 4).double())
     assert y.shape == (1, 1, 4)
     # black 16, white 16 + 219 = 235, red 16 + 65.481, blue 16 + 24.966
-    torch.testing.assert_close(y.flatten(), torch.tensor([16.0, 235.0, 81.481, 40.966],
-                                                         dtype=torch.float64))
+    torch.testing.assert_close(y.flatten(), torch.tensor([16.0, 235.0, 81.481, 40.966], dtype=torch.float64))
     assert rgb_to_y(rgb.view(3, 1, 4), round_y=True).flatten().tolist() == [16.0, 235.0, 81.0, 41.0]
 
 

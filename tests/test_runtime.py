@@ -47,10 +47,10 @@ def test_keep_freed_memory_stops_refaulting_big_blocks() -> None:
 
 def test_train_config_switch_is_validated(tmp_path: Path) -> None:
     from conftest import compose_train
-
-    from drn_lightning.config import ConfigError, validate_train_config
+    from drn_lightning.config import ConfigError
+    from drn_lightning.train import prepare
 
     cfg = compose_train(["keep_freed_memory=maybe"], tmp_path / "out", tmp_path / "cache")
-    with pytest.raises(ConfigError, match="keep_freed_memory"):
-        validate_train_config(cfg)
+    with pytest.raises(ConfigError, match="keep_freed_memory='maybe' must be true or false"):
+        prepare(cfg)
     assert compose_train([], tmp_path / "out", tmp_path / "cache").keep_freed_memory is True

@@ -10,28 +10,31 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import REPO_ROOT, TINY_TRAIN, compose_train, execute_notebook, run_module
-from helpers_reliability import PoisonBatchAtStep
 from hydra.utils import instantiate
 
+from conftest import BENCHMARKS_DIR, REPO_ROOT, TINY_TRAIN, compose_train, execute_notebook, run_module
 from drn_lightning.config import ConfigError, validate_train_config
-from drn_lightning.train import build_module, build_trainer, prepare
+from drn_lightning.train import prepare
+from helpers_reliability import PoisonBatchAtStep
 
 
 def test_default_config_is_the_cpu_demo(tmp_path: Path, demo_cache: Path) -> None:
     cfg = compose_train([], tmp_path, demo_cache)
     validate_train_config(cfg)
     assert cfg.model.name == "drn_tiny" and cfg.scale == 4
-    assert cfg.data._target_.endswith("DemoDataModule")
+    assert cfg.data.train.hr_dir._target_ == "drn_lightning.data.demo_photos"
     assert cfg.model.loss.dual_weight == 0.1
     assert cfg.model.optimizer.betas == [0.9, 0.999]
     assert cfg.model.scheduler.eta_min == 1e-7
 
 
 def test_top_level_scale_builds_drn_l_x8_and_4_device_ddp(tmp_path: Path, demo_cache: Path) -> None:
-    cfg = compose_train(["model=drn_l", "scale=8", "trainer.devices=4", "trainer.accelerator=cpu"], tmp_path, demo_cache)
+    cfg = compose_train(
+        ["model=drn_l", "scale=8", "trainer.devices=4", "trainer.accelerator=cpu"], tmp_path, demo_cache
+    )
     validate_train_config(cfg)
-    primal, duals = instantiate(cfg.model.net)
+    module = instantiate(cfg.model)
+    primal, duals = module.primal, module.duals
     assert (primal.scale, primal.n_feats, primal.n_blocks) == (8, 10, 36)
     assert sum(p.numel() for p in primal.parameters()) == 10_004_018
     assert len(duals) == 3
@@ -59,12 +62,13 @@ def test_top_level_scale_builds_drn_l_x8_and_4_device_ddp(tmp_path: Path, demo_c
     ],
 )
 def test_invalid_options_fail_before_any_work_naming_the_option(
-    tmp_path: Path, demo_cache: Path, overrides: list[str], option: str
+    tmp_path: Path, overrides: list[str], option: str
 ) -> None:
-    cfg = compose_train(overrides, tmp_path, demo_cache)
+    cfg = compose_train(overrides, tmp_path / "run", tmp_path / "cache")
     with pytest.raises(ConfigError) as info:
-        validate_train_config(cfg)
+        prepare(cfg)
     assert option in str(info.value)
+    assert not (tmp_path / "cache").exists()  # no demo photo written, no LR made
 
 
 def test_unknown_keys_are_rejected(tmp_path: Path, demo_cache: Path) -> None:
@@ -101,8 +105,12 @@ def test_one_training_step_lowers_the_loss(tmp_path: Path, demo_cache: Path) -> 
 
 def test_dual_false_trains_without_duals(tmp_path: Path, demo_cache: Path) -> None:
     cfg = compose_train([*TINY_TRAIN, "model.dual=false"], tmp_path, demo_cache)
-    _, module, _ = prepare(cfg)
-    assert module.duals is None and module.loss_fn.dual_weight == 0.0
+    datamodule, module, _ = prepare(cfg)
+    assert module.duals is None
+    batch = _fixed_batch(datamodule)
+    with torch.no_grad():
+        terms = module.loss_fn(module(batch["lr"][0]), batch["lr"], batch["hr"], module.duals)
+    assert float(terms["dual"]) == 0.0 and torch.equal(terms["loss"], terms["primal"])  # the primal L1 alone
 
 
 def test_fit_then_resume_restores_step_optimizer_and_scheduler(tmp_path: Path, demo_cache: Path) -> None:
@@ -128,7 +136,7 @@ def test_fit_then_resume_restores_step_optimizer_and_scheduler(tmp_path: Path, d
             seen["adam_steps"] = float(next(iter(opt.state.values()))["step"])
             seen["sched_epoch"] = trainer.lr_scheduler_configs[0].scheduler.last_epoch
 
-        def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:  # noqa: ANN001
+        def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
             seen.setdefault("batches", []).append((trainer.current_epoch, trainer.global_step))
 
     datamodule, module, trainer = prepare(second)
@@ -148,7 +156,7 @@ def test_cosine_schedule_spans_the_run(tmp_path: Path, demo_cache: Path) -> None
     import pytorch_lightning as pl
 
     class LrProbe(pl.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
     trainer.callbacks.append(LrProbe())
@@ -169,12 +177,25 @@ def _metrics_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes(tmp_path: Path, demo_cache: Path) -> None:
+def test_ddp_two_cpu_processes_run_the_default_steps_to_the_end(tmp_path: Path, demo_cache: Path) -> None:
+    """Two CPU ranks with the default final evaluation (and Set5 when ../shared is there): exit 0, eval.json
+    written once with the scores a single-process evaluation of the same weights gives."""
+    from drn_lightning.data import BenchmarkDataset
+    from drn_lightning.eval import evaluate, model_upscaler
+    from drn_lightning.models import load_weights
+
     run_dir = tmp_path / "ddp"
     result = run_module(
         "drn_lightning.train",
-        [*TINY_TRAIN, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.limit_val_batches=null",
-         f"hydra.run.dir={run_dir}", f"paths.cache_dir={demo_cache}"],
+        [
+            *[o for o in TINY_TRAIN if o != "test_after_fit=false"],
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.limit_val_batches=null",
+            f"hydra.run.dir={run_dir}",
+            f"paths.cache_dir={demo_cache}",
+        ],
         cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -183,18 +204,19 @@ def test_ddp_two_cpu_processes(tmp_path: Path, demo_cache: Path) -> None:
     assert [p.name for p in run_dir.glob("csv*")] == ["csv"]  # rank 0 alone wrote logs
     logged = [float(r["val/psnr"]) for r in _metrics_rows(run_dir) if r.get("val/psnr")]
     assert len(logged) == 1
-    # The synced metric equals a single-process evaluation of the same weights on all validation images.
-    from drn_lightning.data import DemoDataModule
-    from drn_lightning.eval import evaluate, model_upscaler
-    from drn_lightning.models import load_weights
-
+    assert result.stdout.count("run directory:") == 1  # the final evaluation ran once
+    # The synced metric and eval.json equal a single-process evaluation of the same weights on all images.
     primal, _, _ = load_weights(run_dir / "checkpoints" / "last.ckpt")
-    datamodule = DemoDataModule(scale=4, patch_size=32, batch_size=2, demo_root=str(demo_cache / "demo"), num_workers=0)
-    datamodule.prepare_data()
-    datamodule.setup("validate")
-    sets = dict(zip(datamodule.val_set_names, datamodule.val_datasets))
+    sets = {"demo": BenchmarkDataset(demo_cache / "demo", "val", 4)}
+    if BENCHMARKS_DIR.is_dir():
+        sets["Set5"] = BenchmarkDataset(BENCHMARKS_DIR, "Set5", 4)
     single = evaluate(model_upscaler(primal.eval()), sets, 4, round_y=True)
     assert logged[0] == pytest.approx(single["demo"]["psnr"], abs=1e-3)
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert sorted(report) == sorted(sets)
+    for name in sets:
+        assert report[name]["model"]["psnr"] == pytest.approx(single[name]["psnr"], abs=1e-6)
+        assert report[name]["images"] == single[name]["images"]
 
 
 @pytest.mark.slow
@@ -204,9 +226,18 @@ def test_multirun_over_rho_report_wandb_group_and_notebook(
     sweep_dir = tmp_path / "sweep"
     result = run_module(
         "drn_lightning.train",
-        ["-m", "data=semi", "data.unpaired_ratio=0,0.5", *[o for o in TINY_TRAIN if o != "test_after_fit=false"],
-         "logger=many", "eval_extra_sets=[]", f"hydra.sweep.dir={sweep_dir}", f"paths.cache_dir={demo_cache}"],
-        cwd=REPO_ROOT, env={"HOME": str(tmp_path)},
+        [
+            "-m",
+            "data=semi",
+            "data.unpaired_ratio=0,0.5",
+            *[o for o in TINY_TRAIN if o != "test_after_fit=false"],
+            "logger=many",
+            "eval_extra_sets=[]",
+            f"hydra.sweep.dir={sweep_dir}",
+            f"paths.cache_dir={demo_cache}",
+        ],
+        cwd=REPO_ROOT,
+        env={"HOME": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
@@ -226,8 +257,9 @@ def test_multirun_over_rho_report_wandb_group_and_notebook(
         groups |= {r.run.run_group for r in read_wandb_records(run_file) if r.WhichOneof("record_type") == "run"}
     assert groups == {str(sweep_dir)}
     # The analysis notebook runs on this sweep and draws both the rho plot and the training curves.
-    nb = execute_notebook(REPO_ROOT / "notebooks" / "sweep_analysis.ipynb", tmp_path, monkeypatch,
-                          {"DRN_MULTIRUN": str(sweep_dir)})
+    nb = execute_notebook(
+        REPO_ROOT / "notebooks" / "sweep_analysis.ipynb", tmp_path, monkeypatch, {"DRN_MULTIRUN": str(sweep_dir)}
+    )
     figures = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(figures) == 2
     assert any("2 runs with curves" in o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
@@ -270,7 +302,9 @@ def test_wandb_runs_offline_and_logs_config_losses_and_metrics(tmp_path: Path, d
     result = run_module(
         "drn_lightning.train",
         [*TINY_TRAIN, "logger=wandb", f"hydra.run.dir={run_dir}", f"paths.cache_dir={demo_cache}"],
-        cwd=REPO_ROOT, env=env, timeout=600,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -280,7 +314,9 @@ def test_wandb_runs_offline_and_logs_config_losses_and_metrics(tmp_path: Path, d
     assert {"model", "data", "scale"} <= config_keys
     history = {
         item.key or "/".join(item.nested_key)
-        for r in records if r.WhichOneof("record_type") == "history" for item in r.history.item
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+        for item in r.history.item
     }
     assert {"train/loss", "train/dual", "val/psnr", "val/demo/psnr", "val/demo/ssim"} <= history
     assert any(k.startswith("val/images") for k in history)
@@ -291,8 +327,11 @@ def test_slurm_launcher_composes(tmp_path: Path, demo_cache: Path) -> None:
 
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
-                                          "trainer.num_nodes=2"], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert "submitit" in launcher._target_.lower() and "Slurm" in launcher._target_
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
@@ -314,21 +353,37 @@ def test_adapt_real_finetunes_pretrained_weights_on_unpaired_real_lr(tmp_path: P
     torch.manual_seed(3)
     pretrained, pretrained_duals = build_drn("drn_tiny", 4)
     weights = tmp_path / "pretrained.ckpt"
-    official_to_checkpoint(pretrained, pretrained_duals, {"variant": "drn_tiny", "scale": 4, "n_feats": 8, "n_blocks": 4},
-                           weights)
+    official_to_checkpoint(
+        pretrained, pretrained_duals, {"variant": "drn_tiny", "scale": 4, "n_feats": 8, "n_blocks": 4}, weights
+    )
     real = _real_lr_folder(tmp_path / "real")
-    overrides = ["experiment=adapt_real", f"weights={weights}", f"real_lr_dir={real}", *TINY_TRAIN,
-                 "data.batch_size=10", "data.patch_size=32"]
+    overrides = [
+        "experiment=adapt_real",
+        f"weights={weights}",
+        f"real_lr_dir={real}",
+        *TINY_TRAIN,
+        "data.batch_size=10",
+        "data.patch_size=32",
+    ]
     cfg = compose_train(overrides, tmp_path / "run", demo_cache)
     assert cfg.model.optimizer.lr == 1e-5
     datamodule, module, _ = prepare(cfg)
     for ours, theirs in zip(module.primal.state_dict().values(), pretrained.state_dict().values()):
         assert torch.equal(ours, theirs)
-    assert module.semi_supervised
+    for ours, theirs in zip(module.duals.state_dict().values(), pretrained_duals.state_dict().values()):
+        assert torch.equal(ours, theirs)  # the paper's adaptation starts from pretrained P and D
     batch = _fixed_batch(datamodule)
     assert int((~batch["paired"]).sum()) == 3  # rho 0.3 of a batch of 10
-    assert set(batch["name"][i] for i in range(10) if not batch["paired"][i]) <= {"real_a.jpg", "real_b.png"}
-    assert module.training_step(batch, 0).isfinite()
+    assert {batch["name"][i] for i in range(10) if not batch["paired"][i]} <= {"real_a.jpg", "real_b.png"}
+    batch = module.on_before_batch_transfer(batch, 0)
+    loss = module.training_step(batch, 0)
+    assert loss.isfinite()
+    # The unpaired samples are trained by the dual loss alone: the step's loss is the masked one.
+    with torch.no_grad():
+        outputs = module(batch["lr"][0])
+        masked = module.loss_fn(outputs, batch["lr"], batch["hr"], module.duals, batch["paired"])["loss"]
+        unmasked = module.loss_fn(outputs, batch["lr"], batch["hr"], module.duals, None)["loss"]
+    assert float(loss) == pytest.approx(float(masked), rel=1e-5) and abs(float(masked) - float(unmasked)) > 1e-3
 
 
 def test_adapt_real_without_a_folder_names_the_option(tmp_path: Path, demo_cache: Path) -> None:
@@ -346,7 +401,9 @@ class PoisonAndWatch(PoisonBatchAtStep):
         self.weights: dict[int, torch.Tensor] = {}
         self.found_inf: dict[int, float | None] = {}
 
-    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: dict, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, module: pl.LightningModule, batch: dict, batch_idx: int
+    ) -> None:
         self.weights[trainer.global_step] = module.primal.head.weight.detach().clone()
         super().on_train_batch_start(trainer, module, batch, batch_idx)
 
@@ -364,15 +421,27 @@ def test_device_side_nonfinite_check_skips_the_step_on_the_device_without_a_host
     the fused Adam is told `found_inf` and leaves the weights as they were; the host reports the step later."""
     from drn_lightning.lit_module import NonFiniteLossError
 
-    cfg = compose_train([*TINY_TRAIN, "trainer.max_steps=3", "data.steps_per_epoch=3", "trainer.limit_val_batches=0",
-                         "callbacks=none", "~logger", "nonfinite_check=device", f"nonfinite_loss={policy}"],
-                        tmp_path / "run", demo_cache)
+    cfg = compose_train(
+        [
+            *TINY_TRAIN,
+            "trainer.max_steps=3",
+            "data.steps_per_epoch=3",
+            "trainer.limit_val_batches=0",
+            "callbacks=none",
+            "~logger",
+            "nonfinite_check=device",
+            f"nonfinite_loss={policy}",
+        ],
+        tmp_path / "run",
+        demo_cache,
+    )
     datamodule, module, trainer = prepare(cfg)
     watch = PoisonAndWatch(step=1)
     trainer.callbacks.append(watch)
     host_reads = []
-    module._nonfinite = lambda value, step, names, _orig=module._nonfinite: host_reads.append((value, step)) or _orig(
-        value, step, names)
+    module._nonfinite = lambda value, step, names, _orig=module._nonfinite: (
+        host_reads.append((value, step)) or _orig(value, step, names)
+    )
     if policy == "raise":
         with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at global step 1, batch files: \["):
             trainer.fit(module, datamodule=datamodule)

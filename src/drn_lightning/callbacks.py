@@ -1,7 +1,9 @@
-"""Lightning callbacks: validation image grids for whichever logger is active."""
+"""Lightning callbacks: validation image grids for whichever logger is active, and the preemption checkpoint."""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +12,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from drn_lightning.ops.imresize import imresize
+
+log = logging.getLogger(__name__)
 
 
 def make_comparison_grid(lr: Tensor, sr: Tensor, hr: Tensor, scale: int, crop_size: int = 24) -> np.ndarray:
@@ -58,7 +64,12 @@ class ImageGridLogger(pl.Callback):
         )
 
     def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         if not self._active(trainer) or dataloader_idx != 0 or len(self._grids) >= self.max_images:
@@ -66,9 +77,15 @@ class ImageGridLogger(pl.Callback):
         with torch.no_grad():
             lr = batch["lr"][0]
             sr = pl_module(lr)[-1]
+        scale = int(pl_module.scale)  # type: ignore[arg-type]
         name = batch.get("name", [f"image{batch_idx}"])
         name = name[0] if isinstance(name, (list, tuple)) else str(name)
-        self._grids.append((Path(str(name)).stem, make_comparison_grid(lr, sr, batch["hr"], pl_module.scale, self.crop_size)))
+        self._grids.append(
+            (
+                Path(str(name)).stem,
+                make_comparison_grid(lr, sr, batch["hr"], scale, self.crop_size),
+            )
+        )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._grids:
@@ -78,12 +95,47 @@ class ImageGridLogger(pl.Callback):
         for logger in trainer.loggers:
             kind = type(logger).__name__
             if kind == "WandbLogger":
-                logger.log_image(key="val/images", images=[g for _, g in grids], caption=[n for n, _ in grids], step=step)
+                logger.log_image(  # type: ignore[attr-defined]
+                    key="val/images", images=[g for _, g in grids], caption=[n for n, _ in grids], step=step
+                )
             elif kind == "TensorBoardLogger":
                 for name, grid in grids:
-                    logger.experiment.add_image(f"val/{name}", grid, step, dataformats="HWC")
+                    logger.experiment.add_image(f"val/{name}", grid, step, dataformats="HWC")  # type: ignore[attr-defined]
             else:
                 folder = Path(logger.log_dir or trainer.default_root_dir) / "images"
                 folder.mkdir(parents=True, exist_ok=True)
                 for name, grid in grids:
                     Image.fromarray(grid).save(folder / f"{name}_step{step:07d}.png")
+
+
+class PreemptionCheckpoint(OnExceptionCheckpoint):
+    """Lightning's OnExceptionCheckpoint narrowed to preemption: on SIGTERM (Lightning stops at the next batch
+    boundary) it writes `last.ckpt` into the ModelCheckpoint's folder, so `ckpt_path=last` resumes at that step.
+
+    Other exceptions (a NaN loss) save nothing, so a bad state never replaces the last good checkpoint; and the
+    file stays at teardown (the parent class deletes its own), since it is the run's latest checkpoint.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike[str] | None = None, filename: str = "last") -> None:
+        super().__init__(str(dirpath or ""), filename)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        model_checkpoint = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)), None)
+        folder = self.dirpath or (model_checkpoint and model_checkpoint.dirpath)
+        target = Path(folder or os.path.join(trainer.default_root_dir, "checkpoints")) / f"{self.filename}.ckpt"
+        if (
+            model_checkpoint is not None
+            and model_checkpoint.dirpath
+            and Path(model_checkpoint.dirpath) == target.parent
+        ):
+            # Tell ModelCheckpoint this file is its `last`: after the resume it then overwrites it, instead of
+            # keeping it and writing `last-v1.ckpt` next to it.
+            model_checkpoint.last_model_path = str(target)
+        trainer.save_checkpoint(target)
+        if trainer.is_global_zero:
+            log.warning("SIGTERM: saved checkpoint at global step %d to %s", trainer.global_step, target)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Keep the checkpoint (OnExceptionCheckpoint removes its file here)."""

@@ -15,14 +15,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from drn_lightning.data.io import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
+
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # something could not be done (a file, the weights, the output folder)
 EXIT_USAGE = 2  # the command line itself is wrong (argparse uses 2 as well)
 OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}
-INPUT_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # same bound as drn_lightning.data.io.MAX_IMAGE_PIXELS
 
 
 class CliError(Exception):
@@ -79,10 +79,12 @@ def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
             raise CliError(f"{path}: input does not exist")
         if path.is_dir():
             found = sorted(
-                p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in INPUT_SUFFIXES
+                p
+                for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
             )
             if not found:
-                raise CliError(f"{path}: folder contains no images ({', '.join(sorted(INPUT_SUFFIXES))})")
+                raise CliError(f"{path}: folder contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             files.extend(found)
         else:
             files.append(path)
@@ -120,19 +122,47 @@ def _output_names(files: Sequence[Path], scale: int, suffix: str) -> list[str]:
 
 
 def _save_image(array: Any, path: Path, fmt: str) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted run leaves no half image."""
+    """Write atomically, so an interrupted run leaves no half image."""
     from PIL import Image
 
-    options: dict[str, Any] = {"jpg": {"quality": 95}, "webp": {"lossless": True}}.get(fmt, {})
+    from drn_lightning.files import atomic_write
+
+    all_options: dict[str, dict[str, Any]] = {"jpg": {"quality": 95}, "webp": {"lossless": True}}
+    options = all_options.get(fmt, {})
     pil_format = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[fmt]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format=pil_format, **options)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    image = Image.fromarray(array)
+    atomic_write(path, lambda handle: image.save(handle, format=pil_format, **options))
+
+
+def _upscale_all(
+    upscaler: Any, files: Sequence[Path], outputs: Sequence[Path], args: argparse.Namespace
+) -> list[tuple[Path, str]]:
+    """Upscale each file into its output, behind a progress bar; a file that fails is listed, the rest go on."""
+    from rich.progress import Progress
+
+    from drn_lightning.data.io import ImageReadError, read_image
+
+    failures: list[tuple[Path, str]] = []
+    bar_console = _console(stderr=True)
+    with Progress(console=bar_console, transient=True, disable=not bar_console.is_terminal) as progress:
+        task = progress.add_task("upscaling", total=len(files))
+        for path, output in zip(files, outputs):
+            progress.update(task, description=f"upscaling {path.name}")
+            try:
+                _save_image(upscaler(read_image(path, max_pixels=args.max_pixels)), output, args.format)
+            except (ImageReadError, OSError) as err:
+                message = _one_line(err)
+                if "decompression bomb" in message:  # point at the CLI option rather than the Python API
+                    message = (
+                        message.split("; raise it with")[0]
+                        + "; raise the limit with --max-pixels N if the file is trusted"
+                    )
+                failures.append((path, message))
+            except (RuntimeError, MemoryError) as err:  # out of memory and similar, per image
+                hint = " (try --tile 256)" if "memory" in str(err).lower() or isinstance(err, MemoryError) else ""
+                failures.append((path, f"{type(err).__name__}: {_one_line(err)}{hint}"))
+            progress.advance(task)
+    return [(p, m if str(p) in m else f"{p}: {m}") for p, m in failures]
 
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
@@ -140,7 +170,6 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     _prepare_output_dir(out_dir)
 
-    from drn_lightning.data.io import ImageReadError, read_image
     from drn_lightning.inference import load_upscaler
     from drn_lightning.models.official import load_weights
 
@@ -164,30 +193,7 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
         + (", self-ensemble" if args.self_ensemble else "")
     )
     names = _output_names(files, upscaler.scale, OUTPUT_FORMATS[args.format])
-    failures: list[tuple[Path, str]] = []
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    bar_console = _console(stderr=True)
-    with Progress(*columns, console=bar_console, transient=True, disable=not bar_console.is_terminal) as progress:
-        task = progress.add_task("upscaling", total=len(files))
-        for path, name in zip(files, names):
-            progress.update(task, description=f"upscaling {path.name}")
-            try:
-                image = read_image(path, max_pixels=args.max_pixels)
-                _save_image(upscaler(image), out_dir / name, args.format)
-            except (ImageReadError, OSError) as err:
-                message = _one_line(err)
-                if "decompression bomb" in message:  # point at the CLI option rather than the Python API
-                    message = message.split("; raise it with")[0] + "; raise the limit with --max-pixels N if the file is trusted"
-                failures.append((path, message))
-            except (RuntimeError, MemoryError) as err:  # out of memory and similar, per image
-                hint = " (try --tile 256)" if "memory" in str(err).lower() or isinstance(err, MemoryError) else ""
-                failures.append((path, f"{type(err).__name__}: {_one_line(err)}{hint}"))
-            progress.advance(task)
-    failures = [(p, m if str(p) in m else f"{p}: {m}") for p, m in failures]
-
+    failures = _upscale_all(upscaler, files, [out_dir / name for name in names], args)
     done = len(files) - len(failures)
     if not failures:
         console.print(f"wrote {done} image{'s' if done != 1 else ''} to {out_dir}")
@@ -203,13 +209,9 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
 # --- export / convert / info ----------------------------------------------------------------------
 
 
-def _describe(info: dict[str, Any]) -> str:
-    return f"{info['variant']} x{info['scale']} (n_feats={info['n_feats']}, n_blocks={info['n_blocks']})"
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
     from drn_lightning.export import export_model
-    from drn_lightning.models.official import load_weights
+    from drn_lightning.models.official import describe, load_weights
 
     primal, _, info = load_weights(args.weights, scale=args.scale)
     out = Path(args.output)
@@ -217,7 +219,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise CliError(f"{out}: output folder {out.parent} does not exist (-o)")
     report = export_model(primal, out, args.format, opset=args.opset)
     what = f"{args.format}" + (f" opset {args.opset}" if args.format == "onnx" else "")
-    print(f"wrote {out} ({what}, {_describe(info)}; input lr (N, 3, H, W) float 0-255, output sr x{info['scale']})")
+    print(f"wrote {out} ({what}, {describe(info)}; input lr (N, 3, H, W) float 0-255, output sr x{info['scale']})")
     if report.verified:
         sizes = ", ".join(f"{n}x3x{h}x{w}" for n, h, w in report.max_abs_diff)
         print(f"verified against eager PyTorch at {sizes}: max |diff| = {report.worst:.2e} (0-1 scale)")
@@ -227,20 +229,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from drn_lightning.models.official import load_weights, official_to_checkpoint, save_official
+    from drn_lightning.models.official import describe, load_weights, official_to_checkpoint, save_official
 
     primal, duals, info = load_weights(args.input, args.dual)
     n_duals = len(duals) if duals is not None else 0
-    print(f"found {_describe(info)} in {args.input}" + (f" with {n_duals} dual models" if n_duals else ", no dual models"))
+    print(
+        f"found {describe(info)} in {args.input}" + (f" with {n_duals} dual models" if n_duals else ", no dual models")
+    )
     out = Path(args.output)
     try:
         if out.suffix == ".ckpt":
             if args.dual_out is not None:
-                raise CliError("--dual-out only applies when writing the authors' format (OUT not ending in .ckpt)", EXIT_USAGE)
+                raise CliError(
+                    "--dual-out only applies when writing the authors' format (OUT not ending in .ckpt)", EXIT_USAGE
+                )
             official_to_checkpoint(primal, duals, info, out)
             print(f"wrote {out} (Lightning checkpoint)")
             return EXIT_OK
-        dual_out = Path(args.dual_out) if args.dual_out else out.with_name(f"{out.stem}_dual_model{out.suffix or '.pt'}")
+        dual_out = (
+            Path(args.dual_out) if args.dual_out else out.with_name(f"{out.stem}_dual_model{out.suffix or '.pt'}")
+        )
         save_official(primal, duals, out, dual_out if duals is not None else None)
     except OSError as err:
         raise CliError(f"{getattr(err, 'filename', None) or out}: cannot write ({err.strerror or err})") from None
@@ -268,54 +276,105 @@ def _cmd_info(args: argparse.Namespace) -> int:
 # --- parser and entry point -----------------------------------------------------------------------
 
 
+def _add_upscale(sub: Any, model_options: argparse.ArgumentParser) -> None:
+    from drn_lightning.ops.tiling import DEFAULT_TILE_OVERLAP
+
+    up = sub.add_parser(
+        "upscale",
+        parents=[model_options],
+        help="upscale image files and folders",
+        description="Upscale images; writes {stem}_x{scale}.{format}.",
+    )
+    add = up.add_argument
+    add("inputs", nargs="+", metavar="INPUT", help="image files (PNG, JPEG, WebP, ...) or folders of them")
+    add("-o", "--output", required=True, metavar="OUT", help="output folder (created if missing)")
+    add("--dual-weights", metavar="FILE", help="authors' dual .pt; only checked against --weights")
+    add("--tile", type=_positive_int, metavar="N", help="process N x N LR tiles to bound memory (default: whole image)")
+    add(
+        "--tile-overlap",
+        type=_non_negative_int,
+        default=DEFAULT_TILE_OVERLAP,
+        metavar="M",
+        help="LR pixels of context around each tile (default: %(default)s)",
+    )
+    add(
+        "--tile-passes",
+        type=_positive_int,
+        default=2,
+        metavar="K",
+        help="passes sharing channel-attention statistics across tiles; 1 is fastest, 2 (default) matches "
+        "whole-image output closely",
+    )
+    add("--self-ensemble", action="store_true", help="average the 8 flips/transposes (8x slower, slightly higher PSNR)")
+    add("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N] (default: auto)")
+    add(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="autocast precision; fp16 needs CUDA (default: fp32)",
+    )
+    add(
+        "--format",
+        default="png",
+        choices=tuple(OUTPUT_FORMATS),
+        help="output format (default: png; webp is lossless, jpg quality 95)",
+    )
+    add(
+        "--max-pixels",
+        type=_positive_int,
+        default=MAX_IMAGE_PIXELS,
+        metavar="N",
+        help="refuse input images with more pixels, e.g. decompression bombs (default: %(default)s)",
+    )
+    up.set_defaults(handler=_cmd_upscale)
+
+
+def _add_file_commands(sub: Any, model_options: argparse.ArgumentParser) -> None:
+    ex = sub.add_parser("export", parents=[model_options], help="export the primal network to ONNX or TorchScript")
+    ex.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    ex.add_argument("-o", "--output", required=True, metavar="OUT", help="output file")
+    ex.add_argument(
+        "--opset", type=int, default=17, help="ONNX opset; >= 18 uses the torch.export-based exporter (default: 17)"
+    )
+    ex.set_defaults(handler=_cmd_export)
+    cv = sub.add_parser("convert", help="authors' .pt pair <-> our .ckpt")
+    cv.add_argument("input", metavar="IN", help="authors' primal .pt, or our .ckpt")
+    cv.add_argument("--dual", metavar="IN_DUAL", help="authors' dual .pt (when IN is the authors' primal)")
+    cv.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="OUT.ckpt writes our checkpoint; any other name writes the authors' primal",
+    )
+    cv.add_argument(
+        "--dual-out", metavar="FILE", help="authors' dual file (default: <OUT stem>_dual_model.pt next to OUT)"
+    )
+    cv.set_defaults(handler=_cmd_convert)
+    inf = sub.add_parser("info", help="print variant, scale and size of a weights file")
+    inf.add_argument("file", metavar="FILE", help="authors' .pt primal or our .ckpt")
+    inf.add_argument("--dual", metavar="FILE", help="authors' dual .pt to check and count as well")
+    inf.set_defaults(handler=_cmd_info)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `drn-sr` argument parser (exposed so docs and tests can inspect the options)."""
     from drn_lightning import __version__
+    from drn_lightning.models.drn import SUPPORTED_SCALES
 
     parser = argparse.ArgumentParser(
         prog="drn-sr", description="Super-resolve images with DRN (Dual Regression Networks, CVPR 2020)."
     )
     parser.add_argument("--version", action="version", version=f"drn-sr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{upscale,export,convert,info}")
-
     # Options shared by the commands that run a model (argparse parents keep one definition of each).
     model_options = argparse.ArgumentParser(add_help=False)
     model_options.add_argument("--weights", required=True, metavar="FILE", help="authors' .pt primal or our .ckpt")
-    model_options.add_argument("--scale", type=int, choices=(2, 4, 8), help="fail unless the weights upscale by this factor")
-
-    up = sub.add_parser("upscale", parents=[model_options], help="upscale image files and folders", description="Upscale images; writes {stem}_x{scale}.{format}.")
-    up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (PNG, JPEG, WebP, ...) or folders of them")
-    up.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (created if missing)")
-    up.add_argument("--dual-weights", metavar="FILE", help="authors' dual .pt; only checked against --weights")
-    up.add_argument("--tile", type=_positive_int, metavar="N", help="process N x N LR tiles to bound memory (default: whole image)")
-    from drn_lightning.ops.tiling import DEFAULT_TILE_OVERLAP
-
-    up.add_argument("--tile-overlap", type=_non_negative_int, default=DEFAULT_TILE_OVERLAP, metavar="M", help="LR pixels of context around each tile (default: %(default)s)")
-    up.add_argument("--tile-passes", type=_positive_int, default=2, metavar="K", help="passes sharing channel-attention statistics across tiles; 1 is fastest, 2 (default) matches whole-image output closely")
-    up.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/transposes (8x slower, slightly higher PSNR)")
-    up.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N] (default: auto)")
-    up.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision; fp16 needs CUDA (default: fp32)")
-    up.add_argument("--format", default="png", choices=tuple(OUTPUT_FORMATS), help="output format (default: png; webp is lossless, jpg quality 95)")
-    up.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N", help="refuse input images with more pixels, e.g. decompression bombs (default: %(default)s)")
-    up.set_defaults(handler=_cmd_upscale)
-
-    ex = sub.add_parser("export", parents=[model_options], help="export the primal network to ONNX or TorchScript")
-    ex.add_argument("--format", required=True, choices=("onnx", "torchscript"))
-    ex.add_argument("-o", "--output", required=True, metavar="OUT", help="output file")
-    ex.add_argument("--opset", type=int, default=17, help="ONNX opset; >= 18 uses the torch.export-based exporter (default: 17)")
-    ex.set_defaults(handler=_cmd_export)
-
-    cv = sub.add_parser("convert", help="authors' .pt pair <-> our .ckpt")
-    cv.add_argument("input", metavar="IN", help="authors' primal .pt, or our .ckpt")
-    cv.add_argument("--dual", metavar="IN_DUAL", help="authors' dual .pt (when IN is the authors' primal)")
-    cv.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.ckpt writes our checkpoint; any other name writes the authors' primal")
-    cv.add_argument("--dual-out", metavar="FILE", help="authors' dual file (default: <OUT stem>_dual_model.pt next to OUT)")
-    cv.set_defaults(handler=_cmd_convert)
-
-    inf = sub.add_parser("info", help="print variant, scale and size of a weights file")
-    inf.add_argument("file", metavar="FILE", help="authors' .pt primal or our .ckpt")
-    inf.add_argument("--dual", metavar="FILE", help="authors' dual .pt to check and count as well")
-    inf.set_defaults(handler=_cmd_info)
+    model_options.add_argument(
+        "--scale", type=int, choices=SUPPORTED_SCALES, help="fail unless the weights upscale by this factor"
+    )
+    _add_upscale(sub, model_options)
+    _add_file_commands(sub, model_options)
     return parser
 
 

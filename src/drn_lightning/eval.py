@@ -9,7 +9,6 @@ OUT.json maps each set to {"psnr": float, "ssim": float, "images": int}.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from rich.table import Table
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from drn_lightning.files import write_json
 from drn_lightning.metrics import PSNRY, SSIMY
 from drn_lightning.ops.imresize import imresize
 
@@ -53,11 +53,14 @@ def evaluate(
     device: torch.device | str = "cpu",
     round_y: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Score an upscaler on each dataset (whole images, one at a time); returns {set: {psnr, ssim, images}}."""
+    """Score an upscaler on each dataset (whole images, one at a time); returns {set: {psnr, ssim, images}}.
+
+    A single-process evaluation: the metrics never sync, so under DDP one rank can run it alone."""
     device = torch.device(device)
     results: dict[str, dict[str, Any]] = {}
     for name, dataset in datasets.items():
-        psnr, ssim = PSNRY(scale, round_y=round_y).to(device), SSIMY(scale, round_y=round_y).to(device)
+        psnr = PSNRY(scale, round_y=round_y, sync_on_compute=False).to(device)
+        ssim = SSIMY(scale, round_y=round_y, sync_on_compute=False).to(device)
         for index in range(len(dataset)):  # type: ignore[arg-type]
             sample = dataset[index]
             lr = sample["lr"][0].unsqueeze(0).to(device)
@@ -69,7 +72,9 @@ def evaluate(
     return results
 
 
-def print_results(results: Mapping[str, Mapping[str, Any]], scale: int, title: str, console: Console | None = None) -> None:
+def print_results(
+    results: Mapping[str, Mapping[str, Any]], scale: int, title: str, console: Console | None = None
+) -> None:
     """One row per set, as papers print them."""
     table = Table(title=title)
     for column in ("set", "scale", "PSNR (dB)", "SSIM", "images"):
@@ -77,16 +82,6 @@ def print_results(results: Mapping[str, Mapping[str, Any]], scale: int, title: s
     for name, row in results.items():
         table.add_row(name, f"x{scale}", f"{row['psnr']:.2f}", f"{row['ssim']:.4f}", str(row["images"]))
     (console or Console()).print(table)
-
-
-def write_json(data: Any, path: str | os.PathLike[str]) -> Path:
-    """Write JSON atomically (temporary file, then rename) so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def benchmark_datasets(root: str | os.PathLike[str], sets: list[str], scale: int) -> dict[str, Dataset]:
@@ -97,6 +92,40 @@ def benchmark_datasets(root: str | os.PathLike[str], sets: list[str], scale: int
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={str(root)!r}: benchmark folder not found")
     return {name: BenchmarkDataset(root, name, scale) for name in sets}
+
+
+def final_evaluation(
+    primal: nn.Module, datasets: Mapping[str, Dataset], scale: int, round_y: bool, model_name: str, out: Path
+) -> dict[str, Any]:
+    """Score a trained primal next to bicubic on `datasets` (CPU, this process only); write and print the table."""
+    primal = primal.eval().cpu().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # as reloaded
+    model_scores = evaluate(model_upscaler(primal), datasets, scale, "cpu", round_y)
+    bicubic_scores = evaluate(bicubic_upscaler(scale), datasets, scale, "cpu", round_y)
+    report = {
+        name: {
+            "model": {k: model_scores[name][k] for k in ("psnr", "ssim")},
+            "bicubic": {k: bicubic_scores[name][k] for k in ("psnr", "ssim")},
+            "images": model_scores[name]["images"],
+        }
+        for name in datasets
+    }
+    write_json(report, out)
+    table = Table(title=f"{model_name} x{scale} vs bicubic (PSNR/SSIM on Y, {scale}px shaved)")
+    for column in ("set", "images", "bicubic PSNR", "model PSNR", "gain (dB)", "bicubic SSIM", "model SSIM"):
+        table.add_column(column, justify="left" if column == "set" else "right")
+    for name, row in report.items():
+        model, bicubic = row["model"], row["bicubic"]
+        table.add_row(
+            name,
+            str(row["images"]),
+            f"{bicubic['psnr']:.2f}",
+            f"{model['psnr']:.2f}",
+            f"{model['psnr'] - bicubic['psnr']:+.2f}",
+            f"{bicubic['ssim']:.4f}",
+            f"{model['ssim']:.4f}",
+        )
+    Console().print(table)
+    return report
 
 
 def load_primal(cfg: DictConfig) -> nn.Module | None:
@@ -110,7 +139,9 @@ def load_primal(cfg: DictConfig) -> nn.Module | None:
     if not cfg.get("weights"):
         raise ValueError(f"model={cfg.model.name} needs weights=FILE (the authors' .pt or our .ckpt)")
     variant = cfg.model.net.get("variant")
-    expected_variant = variant if cfg.model.net.get("n_feats") is None and cfg.model.net.get("n_blocks") is None else None
+    expected_variant = (
+        variant if cfg.model.net.get("n_feats") is None and cfg.model.net.get("n_blocks") is None else None
+    )
     primal, _, _ = load_weights(cfg.weights, cfg.get("dual_weights"), variant=expected_variant, scale=cfg.scale)
     return primal.eval()
 

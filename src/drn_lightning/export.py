@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -92,10 +92,10 @@ def _quiet() -> Iterator[None]:
 
 
 def _export_onnx(wrapper: nn.Module, path: Path, opset: int) -> None:
-    common = {"opset_version": opset, "input_names": ["lr"], "output_names": ["sr"]}
+    common: dict[str, Any] = {"opset_version": opset, "input_names": ["lr"], "output_names": ["sr"]}
     if opset < 18:
         axes = {"lr": {0: "batch", 2: "height", 3: "width"}, "sr": {0: "batch", 2: "out_height", 3: "out_width"}}
-        dynamic: dict[str, object] = {"dynamo": False, "dynamic_axes": axes}
+        dynamic: dict[str, Any] = {"dynamo": False, "dynamic_axes": axes}
     else:
         from torch.export import Dim
 

@@ -9,11 +9,7 @@ gates its channels with a *global* average, tiles also share those averages acro
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
-import resource
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
@@ -21,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from drn_lightning.checks import integer
 from drn_lightning.models.drn import ChannelAttention
 from drn_lightning.models.official import load_weights
 from drn_lightning.ops.tiling import DEFAULT_TILE_OVERLAP, TileBox, self_ensemble_forward, tiled_forward
@@ -29,14 +26,11 @@ __all__ = [
     "DEFAULT_TILE_OVERLAP",
     "DEFAULT_TILE_PASSES",
     "PRECISIONS",
-    "PeakRss",
     "SharedChannelStats",
     "Upscaler",
     "load_upscaler",
-    "peak_rss_of",
     "resolve_device",
     "upscale",
-    "upscale_peak_rss",
 ]
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -175,19 +169,23 @@ class Upscaler:
         if scale is not None and model_scale is not None and int(scale) != int(model_scale):
             raise ValueError(f"scale={scale} (--scale) does not match the model, which upscales x{model_scale}")
         self.scale = int(scale if scale is not None else model_scale)  # type: ignore[arg-type]
-        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
-            raise ValueError(f"tile={tile!r} (--tile) must be a positive integer or None")
-        if isinstance(tile_overlap, bool) or not isinstance(tile_overlap, int) or tile_overlap < 0:
-            raise ValueError(f"tile_overlap={tile_overlap!r} (--tile-overlap) must be an integer >= 0")
-        if isinstance(tile_passes, bool) or not isinstance(tile_passes, int) or tile_passes < 1:
-            raise ValueError(f"tile_passes={tile_passes!r} (--tile-passes) must be an integer >= 1")
+        for value, name, minimum in (
+            (tile, "tile", 1),
+            (tile_overlap, "tile_overlap", 0),
+            (tile_passes, "tile_passes", 1),
+        ):
+            if value is not None or name != "tile":
+                try:
+                    integer(value, name, minimum)
+                except ValueError as err:
+                    raise ValueError(f"{err} (--{name.replace('_', '-')})") from None
         self.device = resolve_device(device)
         self.precision = _check_precision(str(precision), self.device)
         self.tile, self.tile_overlap, self.tile_passes = tile, tile_overlap, tile_passes
         self.self_ensemble = bool(self_ensemble)
         self.info = dict(info or {})
         self.info.setdefault("scale", self.scale)
-        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._has_attention = any(isinstance(m, ChannelAttention) for m in self.model.modules())
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -382,101 +380,17 @@ def upscale(
     """
     if (weights is None) == (model is None):
         raise ValueError("give exactly one of weights=PATH (.pt or .ckpt) or model=<nn.Module>")
-    settings: dict[str, Any] = dict(
-        device=device, precision=precision, tile=tile, tile_overlap=tile_overlap,
-        tile_passes=tile_passes, self_ensemble=self_ensemble,
-    )
+    settings: dict[str, Any] = {
+        "device": device,
+        "precision": precision,
+        "tile": tile,
+        "tile_overlap": tile_overlap,
+        "tile_passes": tile_passes,
+        "self_ensemble": self_ensemble,
+    }
     if weights is not None:
         up = load_upscaler(weights, scale=scale, **settings)
     else:
         assert model is not None
         up = Upscaler(model, scale=scale, **settings)
     return up(image)
-
-
-# --- peak memory measurement (for benchmarks) ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PeakRss:
-    """Peak resident memory of a child process that ran one call, and its RSS just before the call."""
-
-    peak_bytes: int
-    baseline_bytes: int
-
-    @property
-    def call_bytes(self) -> int:
-        """Memory the call itself added on top of the interpreter, torch and its arguments."""
-        return self.peak_bytes - self.baseline_bytes
-
-
-def _current_rss() -> int:
-    """Resident set size now, from /proc (Linux); falls back to the peak so far elsewhere."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return _peak_rss_self()
-
-
-def _peak_rss_self() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak) * (1 if os.uname().sysname == "Darwin" else 1024)  # bytes on macOS, KiB on Linux
-
-
-def _rss_child(conn: Any, fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> None:
-    try:
-        baseline = _current_rss()
-        fn(*args, **kwargs)
-        conn.send(("ok", _peak_rss_self(), baseline))
-    except BaseException as err:  # report the failure to the parent instead of dying silently
-        conn.send(("error", f"{type(err).__name__}: {err}", 0))
-    finally:
-        conn.close()
-
-
-def peak_rss_of(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> PeakRss:
-    """Run `fn(*args, **kwargs)` in a fresh spawned process and return its peak RSS (`ru_maxrss`).
-
-    A fresh process means earlier work in this one cannot inflate the number; `fn` and its
-    arguments must be picklable (a module-level function).
-    """
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_rss_child, args=(child, fn, args, kwargs))
-    proc.start()
-    child.close()
-    try:
-        status, value, baseline = parent.recv()
-    except EOFError:
-        proc.join()
-        raise RuntimeError(f"peak_rss_of: child process died with exit code {proc.exitcode}") from None
-    proc.join()
-    if status != "ok":
-        raise RuntimeError(f"peak_rss_of: {value}")
-    return PeakRss(peak_bytes=int(value), baseline_bytes=int(baseline))
-
-
-def _upscale_random_job(
-    variant: str, scale: int, size: tuple[int, int], tile: int | None, tile_overlap: int, tile_passes: int
-) -> None:
-    """Child-side job of `upscale_peak_rss`: a seeded random-weight model on a random image."""
-    from drn_lightning.models.official import build_drn
-
-    torch.manual_seed(0)
-    primal, _ = build_drn(variant, scale, dual=False)
-    image = np.random.default_rng(0).integers(0, 256, size=(size[0], size[1], 3), dtype=np.uint8)
-    up = Upscaler(primal, device="cpu", tile=tile, tile_overlap=tile_overlap, tile_passes=tile_passes)
-    up(image)
-
-
-def upscale_peak_rss(
-    variant: str = "drn_s",
-    scale: int = 4,
-    size: tuple[int, int] = (1024, 1024),
-    tile: int | None = 128,
-    tile_overlap: int = DEFAULT_TILE_OVERLAP,
-    tile_passes: int = DEFAULT_TILE_PASSES,
-) -> PeakRss:
-    """Peak CPU RSS of upscaling a `size` (H, W) uint8 image with a (random-weight) variant, for benchmarks."""
-    return peak_rss_of(_upscale_random_job, variant, scale, tuple(size), tile, tile_overlap, tile_passes)

@@ -1,15 +1,17 @@
-"""Thin Lightning glue: the primal P, the duals D_i and the DRN loss, optimised jointly, scored on PSNR/SSIM-Y."""
+"""Thin Lightning glue: the primal P, its duals D_i and the DRN loss, optimised jointly, scored on PSNR/SSIM-Y."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from drn_lightning.checks import integer, one_of
 from drn_lightning.losses import DRNLoss
 from drn_lightning.metrics import PSNRY, SSIMY
 from drn_lightning.ops.imresize import imresize
@@ -17,7 +19,7 @@ from drn_lightning.ops.imresize import imresize
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
-
+NONFINITE_LOSS = ("raise", "skip")
 NONFINITE_CHECKS = ("auto", "host", "device")
 
 
@@ -34,71 +36,106 @@ class _PendingLoss(NamedTuple):
     ready: Any  # a CUDA event recorded after the copy, or None on the CPU
 
 
+def _built(part: Any) -> Any:
+    """A part given as its Hydra config (as a checkpoint stores it) is built; objects pass through."""
+    if isinstance(part, Mapping) and "_target_" in part:
+        from hydra.utils import instantiate
+
+        return instantiate(part)
+    return part
+
+
 class DRNLitModule(pl.LightningModule):
-    """Closed-loop DRN training: paired samples get primal + dual losses, unpaired ones the dual loss only."""
+    """Closed-loop DRN training: paired samples get primal + dual losses, unpaired ones the dual loss only.
+
+    `net` is any LR -> HR module returning its images coarse to fine (a list, as DRN) or the HR image alone;
+    with `dual` its `build_duals()` gives the dual regressors D_i. Parts may be Hydra config mappings, which is
+    how `DRNLitModule.load_from_checkpoint(path)` rebuilds them from the checkpoint's hyper-parameters.
+    """
 
     def __init__(
         self,
-        primal: nn.Module,
-        duals: nn.ModuleList | None,
-        loss: DRNLoss,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
+        net: nn.Module | Mapping[str, Any],
+        loss: DRNLoss | Mapping[str, Any],
+        optimizer: OptimizerFactory | Mapping[str, Any],
+        scheduler: SchedulerFactory | Mapping[str, Any] | None = None,
+        name: str = "drn",
         scale: int = 4,
-        val_set_names: Sequence[str] = ("val",),
+        dual: bool = True,
         round_y: bool = True,
         channels_last: bool = True,
-        semi_supervised: bool = False,
+        compile: bool = False,
         nonfinite_loss: str = "raise",
         nonfinite_check: str = "auto",
-        compile: bool = False,
-        hparams: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if nonfinite_loss not in ("raise", "skip"):
-            raise ValueError(f"nonfinite_loss={nonfinite_loss!r}; allowed: 'raise', 'skip'")
-        if nonfinite_check not in NONFINITE_CHECKS:
-            raise ValueError(f"nonfinite_check={nonfinite_check!r}; allowed: {', '.join(NONFINITE_CHECKS)}")
-        self.primal = primal
-        self.duals = duals
-        self.loss_fn = loss
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.scale = scale
-        self.val_set_names = list(val_set_names)
-        self.round_y = round_y
-        self.use_channels_last = channels_last
-        self.semi_supervised = semi_supervised
-        self.nonfinite_loss = nonfinite_loss
-        self.nonfinite_check = nonfinite_check
+        self.name, self.scale = str(name), integer(scale, "scale", 1)
+        self.nonfinite_loss = one_of(nonfinite_loss, "nonfinite_loss", NONFINITE_LOSS)
+        self.nonfinite_check = one_of(nonfinite_check, "nonfinite_check", NONFINITE_CHECKS)
+        self.optimizer_factory, self.scheduler_factory = _built(optimizer), _built(scheduler)
+        lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+        if lr is not None and not lr > 0:
+            raise ValueError(f"optimizer.lr={lr} must be > 0")
+        self.primal: nn.Module = _built(net)
+        if dual and not hasattr(self.primal, "build_duals"):
+            raise ValueError(f"dual={dual}: net {type(self.primal).__name__} has no build_duals(); set dual=false")
+        self.duals: nn.ModuleList | None = self.primal.build_duals() if dual else None
+        self.loss_fn: DRNLoss = _built(loss)
+        self.round_y, self.use_channels_last, self.compile_model = bool(round_y), bool(channels_last), bool(compile)
+        self.val_set_names: list[str] = []
+        self.val_metrics = nn.ModuleList()  # per validation set: [PSNR, SSIM, bicubic PSNR], made in setup
+        self.bicubic_logged = False
         self._unreported: list[_PendingLoss] = []  # device-side check: losses not yet read on the host
         self._bad_since_step: list[Tensor] = []  # device-side check: one flag per micro-batch since the last step
-        self.compile_model = compile
-        self.val_psnr = nn.ModuleList(PSNRY(scale, round_y=round_y) for _ in self.val_set_names)
-        self.val_ssim = nn.ModuleList(SSIMY(scale, round_y=round_y) for _ in self.val_set_names)
-        self.val_psnr_bicubic = nn.ModuleList(PSNRY(scale, round_y=round_y) for _ in self.val_set_names)
-        self.bicubic_logged = False
-        # Only plain values go to the checkpoint/loggers; networks are rebuilt from the Hydra config.
-        self.save_hyperparameters(hparams or {"scale": scale, "val_set_names": list(val_set_names)})
+
+    def load_pretrained(self, weights: str, dual_weights: str | None = None, allow_random_duals: bool = False) -> None:
+        """Start from trained P and D_i (the authors' `.pt` pair or one of our `.ckpt`), as the paper's adaptation
+        does; a primal without duals is refused unless `allow_random_duals` (then D_i start from random)."""
+        from drn_lightning.models import load_weights
+
+        primal, duals, info = load_weights(weights, dual_weights, scale=self.scale)
+        self.primal.load_state_dict(primal.state_dict())
+        if self.duals is not None and duals is not None:
+            self.duals.load_state_dict(duals.state_dict())
+        elif self.duals is not None and not allow_random_duals:
+            raise ValueError(
+                f"{weights} holds no dual regressors: give dual_weights=FILE, or allow_random_duals=true "
+                "to train D_i from random"
+            )
+        rank_zero_info(f"initialised from {weights} ({info['variant']} x{info['scale']})")
 
     def setup(self, stage: str) -> None:
+        self.val_set_names = list(getattr(getattr(self.trainer, "datamodule", None), "val_set_names", None) or ["val"])
+        self.val_metrics = nn.ModuleList(
+            nn.ModuleList(
+                [PSNRY(self.scale, self.round_y), SSIMY(self.scale, self.round_y), PSNRY(self.scale, self.round_y)]
+            )
+            for _ in self.val_set_names
+        )
         if self.use_channels_last:
             self.to(memory_format=torch.channels_last)
         if self.compile_model and stage == "fit":
-            self.primal = torch.compile(self.primal)
+            self.primal.compile()  # in place: the state_dict keys stay `primal.*`
 
     def forward(self, lr: Tensor) -> list[Tensor]:
-        return self.primal(lr)
+        out = self.primal(lr)
+        return list(out) if isinstance(out, list | tuple) else [out]
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Still on the CPU, so reading the mask costs no device sync: a fully paired batch needs no per-sample mask.
+        if isinstance(batch, dict) and isinstance(batch.get("paired"), Tensor) and bool(batch["paired"].all()):
+            batch = {**batch, "paired": None}
+        return batch
 
     def _prepare(self, image: Tensor) -> Tensor:
         return image.contiguous(memory_format=torch.channels_last) if self.use_channels_last else image
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         lr = [self._prepare(level) for level in batch["lr"]]
-        hr = self._prepare(batch["hr"])
-        outputs = self.primal(lr[0])
-        paired = batch["paired"] if self.semi_supervised else None
-        terms = self.loss_fn(outputs, lr, hr, self.duals, paired)
+        outputs = self(lr[0])
+        terms = self.loss_fn(
+            outputs, lr[: len(outputs) - 1], self._prepare(batch["hr"]), self.duals, batch.get("paired")
+        )
         loss = terms["loss"]
         if self._check_on_device():
             self._queue_loss_check(loss, list(batch.get("name", [])))
@@ -127,8 +164,10 @@ class DRNLitModule(pl.LightningModule):
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         capable = bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and scaler is None
         if not capable and self.nonfinite_check == "device":
-            raise ValueError("nonfinite_check=device needs one fused optimiser (model.optimizer.fused=true) and no "
-                             "GradScaler (trainer.precision=16-mixed); use nonfinite_check=host or auto")
+            raise ValueError(
+                "nonfinite_check=device needs one fused optimiser (model.optimizer.fused=true) and no "
+                "GradScaler (trainer.precision=16-mixed); use nonfinite_check=host or auto"
+            )
         return capable
 
     def _queue_loss_check(self, loss: Tensor, names: list[str]) -> None:
@@ -177,31 +216,33 @@ class DRNLitModule(pl.LightningModule):
     def on_train_end(self) -> None:
         self._report_losses(wait=True)
 
-    def _val_name(self, dataloader_idx: int) -> str:
-        return self.val_set_names[dataloader_idx] if dataloader_idx < len(self.val_set_names) else str(dataloader_idx)
+    def _metrics(self, dataloader_idx: int) -> tuple[PSNRY, SSIMY, PSNRY]:
+        """PSNR, SSIM and bicubic PSNR of one validation set."""
+        psnr, ssim, bicubic = self.val_metrics[dataloader_idx].children()
+        return psnr, ssim, bicubic  # type: ignore[return-value]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         lr, hr = batch["lr"][0], batch["hr"]
-        sr = self.primal(self._prepare(lr))[-1]
-        self.val_psnr[dataloader_idx].update(sr, hr)
-        self.val_ssim[dataloader_idx].update(sr, hr)
+        sr = self(self._prepare(lr))[-1]
+        psnr, ssim, bicubic = self._metrics(dataloader_idx)
+        psnr.update(sr, hr)
+        ssim.update(sr, hr)
         if not self.bicubic_logged:
-            self.val_psnr_bicubic[dataloader_idx].update(imresize(lr, scale=self.scale), hr)
+            bicubic.update(imresize(lr, scale=self.scale), hr)
 
     def on_validation_epoch_end(self) -> None:
         psnrs = []
         for idx, name in enumerate(self.val_set_names):
-            if self.val_psnr[idx].update_count == 0:
+            psnr, ssim, bicubic = self._metrics(idx)
+            if psnr.update_count == 0:
                 continue
-            psnr = self.val_psnr[idx].compute()
-            psnrs.append(psnr)
-            self.log(f"val/{name}/psnr", psnr, sync_dist=False)
-            self.log(f"val/{name}/ssim", self.val_ssim[idx].compute(), sync_dist=False)
-            self.val_psnr[idx].reset()
-            self.val_ssim[idx].reset()
-            if not self.bicubic_logged and self.val_psnr_bicubic[idx].update_count > 0:
-                self.log(f"val/{name}/psnr_bicubic", self.val_psnr_bicubic[idx].compute(), sync_dist=False)
-                self.val_psnr_bicubic[idx].reset()
+            psnrs.append(psnr.compute())
+            self.log(f"val/{name}/psnr", psnrs[-1], sync_dist=False)
+            self.log(f"val/{name}/ssim", ssim.compute(), sync_dist=False)
+            if not self.bicubic_logged and bicubic.update_count > 0:
+                self.log(f"val/{name}/psnr_bicubic", bicubic.compute(), sync_dist=False)
+            for metric in (psnr, ssim, bicubic):
+                metric.reset()
         if psnrs:
             self.log("val/psnr", torch.stack(psnrs).mean(), prog_bar=True, sync_dist=False)
             if not self.trainer.sanity_checking:

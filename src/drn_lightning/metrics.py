@@ -33,10 +33,7 @@ def _as_batch(x: Tensor, name: str) -> Tensor:
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(
-            f"{name} must have shape (N, C, H, W) or (C, H, W) with C in {{1, 3}}, "
-            f"got {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name} must have shape (N, C, H, W) or (C, H, W) with C in {{1, 3}}, got {tuple(x.shape)}")
     return x
 
 
@@ -44,10 +41,7 @@ def _prepare_y(sr: Tensor, hr: Tensor, scale: int, round_y: bool) -> tuple[Tenso
     """Shared preprocessing: check shapes, crop, quantise SR, convert to Y (float64), shave borders."""
     sr, hr = _as_batch(sr, "sr"), _as_batch(hr, "hr")
     if sr.shape[:2] != hr.shape[:2]:
-        raise ValueError(
-            f"sr and hr must agree in batch and channels, got sr {tuple(sr.shape)}, "
-            f"hr {tuple(hr.shape)}"
-        )
+        raise ValueError(f"sr and hr must agree in batch and channels, got sr {tuple(sr.shape)}, hr {tuple(hr.shape)}")
     if sr.shape[-2] < hr.shape[-2] or sr.shape[-1] < hr.shape[-1]:
         raise ValueError(
             f"sr {tuple(sr.shape)} is smaller than hr {tuple(hr.shape)}; sr may only be larger "
@@ -107,8 +101,7 @@ def ssim_y(sr: Tensor, hr: Tensor, scale: int, round_y: bool = False) -> Tensor:
     x, y = _prepare_y(sr, hr, scale, round_y)
     if min(x.shape[-2:]) < _SSIM_WINDOW:
         raise ValueError(
-            f"SSIM needs at least {_SSIM_WINDOW}x{_SSIM_WINDOW} pixels after shaving, "
-            f"got {tuple(x.shape[-2:])}"
+            f"SSIM needs at least {_SSIM_WINDOW}x{_SSIM_WINDOW} pixels after shaving, got {tuple(x.shape[-2:])}"
         )
     c1 = (_SSIM_K1 * _DATA_RANGE) ** 2
     c2 = (_SSIM_K2 * _DATA_RANGE) ** 2
@@ -116,9 +109,7 @@ def ssim_y(sr: Tensor, hr: Tensor, scale: int, round_y: bool = False) -> Tensor:
     sxx = _filter_valid(x * x) - mu_x**2
     syy = _filter_valid(y * y) - mu_y**2
     sxy = _filter_valid(x * y) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / (
-        (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
-    )
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return ssim_map.mean(dim=(1, 2, 3))
 
 
@@ -144,7 +135,7 @@ class _MeanOverImagesY(Metric):
     def _score(self, sr: Tensor, hr: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def update(self, sr: Tensor, hr: Tensor) -> None:  # type: ignore[override]
+    def update(self, sr: Tensor, hr: Tensor) -> None:
         """Score a batch of float 0-255 SR/HR images and accumulate."""
         values = self._score(sr.detach(), hr.detach())
         self.sum += values.sum().to(self.sum.device)

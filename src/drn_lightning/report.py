@@ -73,8 +73,8 @@ def plot_rows(rows: list[dict[str, Any]], x_key: str, path: Path) -> Path:
     names = set_names(rows)
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.5 * max(1, len(names)), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names or ["val"]):
-        points = [(r[x_key], r.get(f"{name}/psnr", r.get("val_psnr"))) for r in rows]
-        points = [(x, y) for x, y in points if x is not None and y is not None]
+        pairs = [(r[x_key], r.get(f"{name}/psnr", r.get("val_psnr"))) for r in rows]
+        points = [(x, float(y)) for x, y in pairs if x is not None and y is not None]
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, "o-", label="DRN")
@@ -111,7 +111,10 @@ def write_report(multirun_dir: str | Path, x_key: str = DEFAULT_X) -> dict[str, 
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    paths["plot"] = plot_rows(rows, x_key, root / f"psnr_vs_{x_key.rsplit('.', 1)[-1]}.png")
+    try:
+        paths["plot"] = plot_rows(rows, x_key, root / f"psnr_vs_{x_key.rsplit('.', 1)[-1]}.png")
+    except ImportError:
+        print("plot skipped: matplotlib is not installed (pip install 'drn-lightning[plots]')")
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return paths

@@ -8,6 +8,8 @@ import sys
 
 import torch
 
+from drn_lightning.checks import integer
+
 log = logging.getLogger(__name__)
 
 # glibc's mallopt parameters (malloc.h).
@@ -50,7 +52,9 @@ def keep_freed_memory() -> bool:
 
 def apply_process_settings(torch_threads: int | None, keep_memory: bool) -> None:
     """Entry-point settings for the training process, from the config's `torch_threads` and `keep_freed_memory`."""
-    if torch_threads:
-        torch.set_num_threads(int(torch_threads))
+    if torch_threads is not None:
+        torch.set_num_threads(integer(torch_threads, "torch_threads", 1))
+    if not isinstance(keep_memory, bool):
+        raise ValueError(f"keep_freed_memory={keep_memory!r} must be true or false")
     if keep_memory:
         keep_freed_memory()

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import uuid
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from drn_lightning.data.io import read_image
+from drn_lightning.files import atomic_write
 
 __all__ = [
     "DEMO_FILES",
@@ -28,6 +29,7 @@ __all__ = [
     "DEMO_VAL",
     "default_demo_root",
     "demo_image_path",
+    "demo_photos",
     "load_demo_image",
     "materialize_demo",
 ]
@@ -49,8 +51,16 @@ DEMO_FILES: dict[str, str] = {
 """Demo name -> file inside ``skimage/data``: the RGB photos plus CC0 greyscale photos/textures (made RGB)."""
 
 DEMO_TRAIN: tuple[str, ...] = (
-    "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
-    "camera", "brick", "grass", "gravel", "coins",
+    "astronaut",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "camera",
+    "brick",
+    "grass",
+    "gravel",
+    "coins",
 )
 """Training photos (never used for validation)."""
 
@@ -76,8 +86,7 @@ def demo_image_path(name: str) -> Path:
     path = _skimage_data_dir() / DEMO_FILES[name]
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: demo photo {name!r} is missing from the installed scikit-image wheel "
-            "(reinstall scikit-image)"
+            f"{path}: demo photo {name!r} is missing from the installed scikit-image wheel (reinstall scikit-image)"
         )
     return path
 
@@ -96,17 +105,6 @@ def default_demo_root() -> Path:
     return base / "drn_lightning" / "demo"
 
 
-def _write_png_once(image: np.ndarray, path: Path) -> None:
-    """Atomic PNG write (temp file + os.replace) so concurrent ranks never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def materialize_demo(folder: str | os.PathLike[str] | None = None) -> dict[str, Path]:
     """Write the demo photos as PNGs into ``folder/train`` and ``folder/val`` once; returns both paths.
 
@@ -122,9 +120,18 @@ def materialize_demo(folder: str | os.PathLike[str] | None = None) -> dict[str, 
             source = demo_image_path(name)
             if target.is_file() and _same_size(source, target):
                 continue
-            _write_png_once(read_image(source), target)
+            atomic_write(target, partial(Image.Image.save, Image.fromarray(read_image(source)), format="PNG"))
         out[split] = split_dir
     return out
+
+
+def demo_photos(split: str | None = None, root: str | os.PathLike[str] | None = None) -> Path:
+    """The folder of one split (`train`: 10 photos, `val`: chelsea and coffee; None: the folder holding both),
+    written on first use. Data configs pass it as a folder made when the dataset is built (`_partial_: true`)."""
+    if split not in (None, "train", "val"):
+        raise ValueError(f"split={split!r}; allowed: train, val, null")
+    folders = materialize_demo(root)
+    return folders[split] if split else folders["train"].parent
 
 
 def _same_size(source: Path, target: Path) -> bool:

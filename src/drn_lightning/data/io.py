@@ -30,22 +30,20 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
     "ImageReadError",
-    "check_on_bad_file",
     "list_images",
     "read_image",
     "read_image_size",
     "set_max_image_pixels",
 ]
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 """Lower-case suffixes that :func:`list_images` treats as images."""
 
 MAX_IMAGE_PIXELS: int = 64 * 1024 * 1024
 """Default bound on width * height (64 Mpx, ~17x a DIV2K image); larger files are refused."""
 
 ON_BAD_FILE_CHOICES: tuple[str, ...] = ("raise", "skip")
+"""What a dataset does with an unreadable file: stop naming it, or warn and leave it out."""
 
 
 class ImageReadError(ValueError):
@@ -59,13 +57,6 @@ def set_max_image_pixels(max_pixels: int) -> None:
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     MAX_IMAGE_PIXELS = max_pixels
     Image.MAX_IMAGE_PIXELS = max_pixels
-
-
-def check_on_bad_file(on_bad_file: str) -> str:
-    """Validate the ``on_bad_file`` option early, so a typo fails before any file is read."""
-    if on_bad_file not in ON_BAD_FILE_CHOICES:
-        raise ValueError(f"on_bad_file must be one of {list(ON_BAD_FILE_CHOICES)}, got {on_bad_file!r}")
-    return on_bad_file
 
 
 def _limit(max_pixels: int | None) -> int:
@@ -191,8 +182,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> n
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageReadError(
-                f"{path}: refused as a possible decompression bomb ({exc}); "
-                f"the limit is {limit} pixels"
+                f"{path}: refused as a possible decompression bomb ({exc}); the limit is {limit} pixels"
             ) from exc
         except MemoryError:
             raise
@@ -215,8 +205,6 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and _is_image_name(p.name))
     if not files:
         raise ValueError(
-            f"{folder}: folder contains no images (allowed extensions: "
-            f"{', '.join(sorted(IMAGE_EXTENSIONS))})"
+            f"{folder}: folder contains no images (allowed extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
     return files
-

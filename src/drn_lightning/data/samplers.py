@@ -10,16 +10,11 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
+from drn_lightning.checks import fraction, integer
+
 __all__ = ["MixedBatchSampler", "sample_seed"]
 
 _PAIRED, _UNPAIRED = 0, 1
-
-
-def _positive_int(value: int, name: str, minimum: int = 1) -> int:
-    """Reject bools, floats and values below the minimum, naming the option."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def sample_seed(seed: int, global_index: int, slot: int) -> int:
@@ -51,6 +46,9 @@ class MixedBatchSampler(Sampler[list[Any]]):
     With ``keyed=True`` each entry is an ``(index, seed)`` key instead (see ``rank_keys``): the seed of the
     sample's slot in its global batch, so the dataset draws that sample's crop and flips from it. Crops then
     differ between ranks, match between ``num_workers`` settings, and repeat exactly after a resume.
+
+    Being a pure function of (seed, epoch, position), the sampler resumes mid-epoch by ``start_at(k)``: its
+    next iteration begins at batch ``k`` of the current epoch (the train loader calls it; see `ResumableLoader`).
     """
 
     def __init__(
@@ -66,22 +64,19 @@ class MixedBatchSampler(Sampler[list[Any]]):
         keyed: bool = False,
     ) -> None:
         """Validate the mix and precompute the per-global-batch counts."""
-        self.n_paired = _positive_int(n_paired, "n_paired", 0)
-        self.n_unpaired = _positive_int(n_unpaired, "n_unpaired", 0)
-        self.batch_size = _positive_int(batch_size, "batch_size")
-        self.num_batches = _positive_int(num_batches, "num_batches")
-        self.num_replicas = _positive_int(num_replicas, "num_replicas")
-        self.rank = _positive_int(rank, "rank", 0)
-        self.seed = _positive_int(seed, "seed", 0)
+        self.n_paired = integer(n_paired, "n_paired", 0)
+        self.n_unpaired = integer(n_unpaired, "n_unpaired", 0)
+        self.batch_size = integer(batch_size, "batch_size", 1)
+        self.num_batches = integer(num_batches, "num_batches", 1)
+        self.num_replicas = integer(num_replicas, "num_replicas", 1)
+        self.rank = integer(rank, "rank", 0)
+        self.seed = integer(seed, "seed", 0)
         self.keyed = bool(keyed)
         if self.rank >= self.num_replicas:
-            raise ValueError(f"rank must be in [0, num_replicas={self.num_replicas}), got {rank!r}")
-        ratio = float(unpaired_ratio)
-        if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
-            raise ValueError(f"unpaired_ratio must be in [0, 1), got {unpaired_ratio!r}")
-        self.unpaired_ratio = ratio
+            raise ValueError(f"rank={rank!r} must be in [0, num_replicas={self.num_replicas})")
+        ratio = self.unpaired_ratio = fraction(unpaired_ratio, "unpaired_ratio")
         self.global_batch = self.batch_size * self.num_replicas
-        self.unpaired_per_global = int(math.floor(ratio * self.global_batch + 0.5))
+        self.unpaired_per_global = math.floor(ratio * self.global_batch + 0.5)
         self.paired_per_global = self.global_batch - self.unpaired_per_global
         if ratio > 0 and self.n_unpaired == 0:
             raise ValueError(f"unpaired_ratio={ratio} > 0 needs unpaired samples, but n_unpaired is 0")
@@ -94,6 +89,7 @@ class MixedBatchSampler(Sampler[list[Any]]):
         if self.n_paired == 0:
             raise ValueError("n_paired must be >= 1: every global batch needs paired samples")
         self.epoch = 0
+        self._start = 0
         self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
     @property
@@ -103,7 +99,11 @@ class MixedBatchSampler(Sampler[list[Any]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose batches ``__iter__`` yields (called by Lightning each epoch)."""
-        self.epoch = _positive_int(epoch, "epoch", 0)
+        self.epoch = integer(epoch, "epoch", 0)
+
+    def start_at(self, batch: int) -> None:
+        """Begin the next iteration at batch ``batch`` of the current epoch (once), as a resumed run must."""
+        self._start = integer(batch, "batch", 0)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the same on every rank, so DDP steps stay in lockstep)."""
@@ -172,5 +172,6 @@ class MixedBatchSampler(Sampler[list[Any]]):
         """This rank's batches for the current epoch: index lists, or ``(index, seed)`` lists when keyed."""
         first = self.epoch * self.num_batches
         batch_of = self.rank_keys if self.keyed else self.rank_batch
-        for b in range(self.num_batches):
+        start, self._start = self._start, 0
+        for b in range(start, self.num_batches):
             yield batch_of(first + b, self.rank)

@@ -1,40 +1,20 @@
 """Plain `torch.nn` DRN networks and the authors' weight format; nothing here imports Lightning."""
 
-from drn_lightning.models.drn import DRN, RCAB, DownBlock, DualRegressor, MeanShift, build_duals, check_scale, num_stages
+from drn_lightning.models.drn import DRN, SUPPORTED_SCALES, build_duals, check_scale
 from drn_lightning.models.official import (
     VARIANTS,
     CheckpointError,
     build_drn,
-    infer_primal_config,
+    build_primal,
+    describe,
     load_official,
     load_weights,
     official_to_checkpoint,
     safe_load,
     save_official,
-    split_lightning_state_dict,
-    variant_name,
-    variant_size,
-)
+)  # fmt: skip
 
 __all__ = [
-    "DRN",
-    "RCAB",
-    "VARIANTS",
-    "CheckpointError",
-    "DownBlock",
-    "DualRegressor",
-    "MeanShift",
-    "build_drn",
-    "build_duals",
-    "check_scale",
-    "infer_primal_config",
-    "load_official",
-    "load_weights",
-    "num_stages",
-    "official_to_checkpoint",
-    "safe_load",
-    "save_official",
-    "split_lightning_state_dict",
-    "variant_name",
-    "variant_size",
-]
+    "DRN", "SUPPORTED_SCALES", "VARIANTS", "CheckpointError", "build_drn", "build_duals", "build_primal",
+    "check_scale", "describe", "load_official", "load_weights", "official_to_checkpoint", "safe_load", "save_official",
+]  # fmt: skip

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from drn_lightning.models.drn import DRN, build_duals, check_scale
+from drn_lightning.files import atomic_write
+from drn_lightning.models.drn import DRN, SUPPORTED_SCALES, build_duals, check_scale
 
-# Paper sizes (n_feats, n_blocks) per (variant, scale); `drn_tiny` is our small CPU demo model.
+# The paper's sizes (n_feats, n_blocks) per variant and scale; `drn_tiny` is our small CPU demo model.
 VARIANTS: dict[str, dict[int, tuple[int, int]]] = {
     "drn_s": {4: (16, 30), 8: (8, 30)},
     "drn_l": {4: (20, 40), 8: (10, 36)},
@@ -37,13 +37,12 @@ def variant_size(variant: str, scale: int) -> tuple[int, int]:
     check_scale(scale)
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is unknown; choose one of {sorted(VARIANTS)}")
-    sizes = VARIANTS[variant]
-    if scale not in sizes:
+    if scale not in VARIANTS[variant]:
         raise ValueError(
-            f"variant={variant!r} is defined at scales {sorted(sizes)}, not scale={scale}; "
-            "build DRN(scale=..., n_feats=..., n_blocks=...) directly for other sizes"
+            f"variant={variant!r} is not defined at scale={scale}; defined: "
+            f"{ {k: sorted(v) for k, v in VARIANTS.items()} } (or give n_feats and n_blocks)"
         )
-    return sizes[scale]
+    return VARIANTS[variant][scale]
 
 
 def variant_name(scale: int, n_feats: int, n_blocks: int) -> str:
@@ -54,28 +53,35 @@ def variant_name(scale: int, n_feats: int, n_blocks: int) -> str:
     return f"custom_f{n_feats}_b{n_blocks}"
 
 
+def build_primal(
+    variant: str = "drn_s", scale: int = 4, n_feats: int | None = None, n_blocks: int | None = None, **kwargs: Any
+) -> DRN:
+    """The primal of a named variant at the paper's size for `scale`; `n_feats`/`n_blocks` override it.
+
+    Other keyword arguments go to `DRN` (`init`, `checkpoint_blocks`: recompute each RCAB in the backward).
+    """
+    if n_feats is None or n_blocks is None:
+        default_feats, default_blocks = variant_size(variant, scale)
+        n_feats = default_feats if n_feats is None else n_feats
+        n_blocks = default_blocks if n_blocks is None else n_blocks
+    return DRN(scale=scale, n_feats=int(n_feats), n_blocks=int(n_blocks), **kwargs)
+
+
 def build_drn(
     variant: str = "drn_s",
     scale: int = 4,
     n_feats: int | None = None,
     n_blocks: int | None = None,
     dual: bool = True,
-    init: str = "default",
-    checkpoint_blocks: bool = False,
+    **kwargs: Any,
 ) -> tuple[DRN, nn.ModuleList | None]:
-    """Primal and dual networks of a named variant; `n_feats`/`n_blocks` override the variant's sizes.
-
-    `checkpoint_blocks` recomputes each RCAB in the backward instead of keeping its activations (big patches).
-    """
-    default_feats, default_blocks = variant_size(variant, scale)
-    n_feats = default_feats if n_feats is None else int(n_feats)
-    n_blocks = default_blocks if n_blocks is None else int(n_blocks)
-    primal = DRN(scale=scale, n_feats=n_feats, n_blocks=n_blocks, init=init, checkpoint_blocks=checkpoint_blocks)
-    duals = build_duals(scale, n_feats) if dual else None
-    return primal, duals
+    """Primal and dual networks of a named variant (see `build_primal`)."""
+    primal = build_primal(variant, scale, n_feats, n_blocks, **kwargs)
+    return primal, (primal.build_duals() if dual else None)
 
 
-def _describe(info: Mapping[str, Any]) -> str:
+def describe(info: Mapping[str, Any]) -> str:
+    """`drn_s x4 (n_feats=16, n_blocks=30)`: how messages name a network."""
     return f"{info['variant']} x{info['scale']} (n_feats={info['n_feats']}, n_blocks={info['n_blocks']})"
 
 
@@ -92,7 +98,9 @@ def safe_load(path: str | os.PathLike[str]) -> Any:
     except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ... depending on the damage
         text = str(err)
         if "Unsupported global" in text or "GLOBAL" in text:
-            reason = "refused: it references code or objects other than tensors and plain containers; nothing was executed"
+            reason = (
+                "refused: it references code or objects other than tensors and plain containers; nothing was executed"
+            )
         else:
             detail = next((line.strip() for line in text.splitlines() if "Unsupported operand" in line), "")
             detail = detail or (text.splitlines()[0] if text else type(err).__name__)
@@ -117,11 +125,9 @@ def infer_primal_config(state_dict: Mapping[str, Tensor], source: str = "state_d
     n_feats = int(head.shape[0])
     stages = len({k.split(".")[1] for k in state_dict if k.startswith("down.")})
     scale = 2**stages
-    if scale not in (2, 4, 8):
+    if scale not in SUPPORTED_SCALES:
         raise CheckpointError(f"{source}: found {stages} down blocks (scale {scale}); DRN has 1, 2 or 3")
-    block_ids = {
-        int(m.group(1)) for k in state_dict if (m := re.match(r"up_blocks\.0\.(\d+)\.body\.", k)) is not None
-    }
+    block_ids = {int(m.group(1)) for k in state_dict if (m := re.match(r"up_blocks\.0\.(\d+)\.body\.", k)) is not None}
     n_blocks = len(block_ids)
     if n_blocks == 0:
         raise CheckpointError(f"{source}: no RCAB blocks under 'up_blocks.0'; this is not a DRN primal state_dict")
@@ -144,16 +150,16 @@ def _load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], source: st
             if items:
                 more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
                 parts.append(f"{label}: {items[:5]}{more}")
-        raise CheckpointError(f"{source}: does not match {_describe(info)}; " + "; ".join(parts))
+        raise CheckpointError(f"{source}: does not match {describe(info)}; " + "; ".join(parts))
     module.load_state_dict(state_dict, strict=True)
 
 
 def _check_expected(info: Mapping[str, Any], variant: str | None, scale: int | None, source: str) -> None:
     if scale is not None and int(scale) != info["scale"]:
-        raise CheckpointError(f"{source}: expected scale x{scale}, found {_describe(info)}")
+        raise CheckpointError(f"{source}: expected scale x{scale}, found {describe(info)}")
     if variant is not None and variant != info["variant"]:
         expected = variant if scale is None else f"{variant} x{scale}"
-        raise CheckpointError(f"{source}: expected {expected}, found {_describe(info)}")
+        raise CheckpointError(f"{source}: expected {expected}, found {describe(info)}")
 
 
 def primal_from_state_dict(
@@ -167,16 +173,14 @@ def primal_from_state_dict(
     return primal, info
 
 
-def duals_from_state_dicts(
-    dual_states: Any, source: str, info: Mapping[str, Any]
-) -> nn.ModuleList:
+def duals_from_state_dicts(dual_states: Any, source: str, info: Mapping[str, Any]) -> nn.ModuleList:
     """Build and strictly load the dual regressors from the authors' list of state_dicts."""
     if not isinstance(dual_states, (list, tuple)):
         raise CheckpointError(f"{source}: expected a list of dual state_dicts, found {type(dual_states).__name__}")
     duals = build_duals(info["scale"], info["n_feats"])
     if len(dual_states) != len(duals):
         raise CheckpointError(
-            f"{source}: expected {len(duals)} dual models for {_describe(info)}, found {len(dual_states)}"
+            f"{source}: expected {len(duals)} dual models for {describe(info)}, found {len(dual_states)}"
         )
     for idx, (dual, state) in enumerate(zip(duals, dual_states)):
         state = _check_state_dict(state, Path(source), f"dual state_dict #{idx}")
@@ -207,20 +211,13 @@ def load_official(
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def _plain_state_dict(module: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone() for k, v in module.state_dict().items()}
+    return {
+        k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone() for k, v in module.state_dict().items()
+    }
 
 
 def save_official(
@@ -239,11 +236,11 @@ def save_official(
 
 def split_lightning_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
     """Split our LightningModule state_dict (`primal.*`, `duals.<i>.*`) into the authors' two structures."""
-    primal = {k[len(PRIMAL_PREFIX):]: v for k, v in state_dict.items() if k.startswith(PRIMAL_PREFIX)}
+    primal = {k[len(PRIMAL_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(PRIMAL_PREFIX)}
     duals: dict[int, dict[str, Tensor]] = {}
     for key, value in state_dict.items():
         if key.startswith(DUALS_PREFIX):
-            index, _, rest = key[len(DUALS_PREFIX):].partition(".")
+            index, _, rest = key[len(DUALS_PREFIX) :].partition(".")
             duals.setdefault(int(index), {})[rest] = value
     return primal, [duals[i] for i in sorted(duals)]
 
@@ -282,4 +279,6 @@ def official_to_checkpoint(
     for idx, dual in enumerate(duals or []):
         state.update({f"{DUALS_PREFIX}{idx}.{k}": v for k, v in _plain_state_dict(dual).items()})
     hparams = {k: info[k] for k in ("variant", "scale", "n_feats", "n_blocks")}
-    _atomic_save({"state_dict": state, "hyper_parameters": {"drn": hparams}, "epoch": 0, "global_step": 0}, Path(ckpt_path))
+    _atomic_save(
+        {"state_dict": state, "hyper_parameters": {"drn": hparams}, "epoch": 0, "global_step": 0}, Path(ckpt_path)
+    )

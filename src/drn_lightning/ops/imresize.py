@@ -54,6 +54,7 @@ def _contributions(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Float64 weights and 0-based source indices, both (out_len, P), as MATLAB's contributions()."""
     kernel, width = _KERNELS[method]
+    h: Callable[[np.ndarray], np.ndarray]
     if scale < 1.0 and antialias:
         # Widen the kernel by 1/scale so shrinking low-pass filters instead of aliasing.
         def h(x: np.ndarray) -> np.ndarray:
@@ -65,7 +66,7 @@ def _contributions(
     out_pos = np.arange(1, out_len + 1, dtype=np.float64)
     center = out_pos / scale + 0.5 * (1.0 - 1.0 / scale)  # 1-based source coordinate
     left = np.floor(center - width / 2.0)
-    taps = int(math.ceil(width)) + 2
+    taps = math.ceil(width) + 2
     idx = left[:, None] + np.arange(taps, dtype=np.float64)[None, :]
     weights = h(center[:, None] - idx)
     weights = weights / weights.sum(axis=1, keepdims=True)
@@ -104,12 +105,28 @@ def _weight_tensor(
 
 def imresize_output_size(in_size: tuple[int, int], scale: float) -> tuple[int, int]:
     """MATLAB's output size rule ``ceil(in * scale)``, evaluated in double precision like MATLAB."""
-    return (int(math.ceil(in_size[0] * scale)), int(math.ceil(in_size[1] * scale)))
+    return (math.ceil(in_size[0] * scale), math.ceil(in_size[1] * scale))
 
 
 def _round_uint8(x: Tensor) -> Tensor:
     """Round half away from zero and saturate, as MATLAB's conversion to uint8 does."""
     return torch.floor(x + 0.5).clamp_(0.0, 255.0)
+
+
+def _output_geometry(
+    in_h: int, in_w: int, scale: float | None, size: tuple[int, int] | None
+) -> tuple[tuple[int, int], tuple[float, float]]:
+    """Output size and per-axis scale from exactly one of `scale` or `size`, as MATLAB derives them."""
+    if (scale is None) == (size is None):
+        raise ValueError(f"give exactly one of scale or size, got scale={scale!r}, size={size!r}")
+    if scale is not None:
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a finite positive number, got {scale!r}")
+        return imresize_output_size((in_h, in_w), float(scale)), (float(scale), float(scale))
+    assert size is not None
+    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
+        raise ValueError(f"size must be two positive integers (H, W), got {size!r}")
+    return (int(size[0]), int(size[1])), (size[0] / in_h, size[1] / in_w)
 
 
 def imresize(
@@ -137,19 +154,7 @@ def imresize(
     if in_h < 1 or in_w < 1:
         raise ValueError(f"image must be non-empty, got shape {tuple(image.shape)}")
 
-    if (scale is None) == (size is None):
-        raise ValueError(f"give exactly one of scale or size, got scale={scale!r}, size={size!r}")
-    if scale is not None:
-        if not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale must be a finite positive number, got {scale!r}")
-        out_h, out_w = imresize_output_size((in_h, in_w), float(scale))
-        scale_h = scale_w = float(scale)
-    else:
-        assert size is not None
-        if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
-            raise ValueError(f"size must be two positive integers (H, W), got {size!r}")
-        out_h, out_w = int(size[0]), int(size[1])
-        scale_h, scale_w = out_h / in_h, out_w / in_w
+    (out_h, out_w), (scale_h, scale_w) = _output_geometry(in_h, in_w, scale, size)
 
     # uint8 is resampled in float64 so rounding ties land where MATLAB's double arithmetic puts them;
     # half precision is resampled in float32 for accuracy and cast back.

@@ -9,12 +9,15 @@ the pass that shares those statistics across tiles.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from drn_lightning.checks import integer
 
 __all__ = ["DEFAULT_TILE_OVERLAP", "TileBox", "self_ensemble_forward", "tile_boxes", "tiled_forward"]
 
@@ -48,12 +51,6 @@ class TileBox:
         return self.y0 - self.cy0, self.y1 - self.cy0, self.x0 - self.cx0, self.x1 - self.cx0
 
 
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def _split(length: int, tile: int) -> list[int]:
     """Near-equal cores of at most `tile` px, so no thin last tile wastes a whole model call on context."""
     count = math.ceil(length / tile)
@@ -62,17 +59,22 @@ def _split(length: int, tile: int) -> list[int]:
 
 def tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[TileBox]:
     """Row-major tiles covering an LR image; cores partition it exactly, crops add `overlap` px clipped at the edges."""
-    _check_int(tile, "tile", 1)
-    _check_int(overlap, "tile overlap", 0)
+    integer(tile, "tile", 1)
+    integer(overlap, "overlap", 0)
     rows, cols = _split(height, tile), _split(width, tile)
     boxes = []
-    for y0, y1 in zip(rows[:-1], rows[1:]):
-        for x0, x1 in zip(cols[:-1], cols[1:]):
+    for y0, y1 in itertools.pairwise(rows):
+        for x0, x1 in itertools.pairwise(cols):
             boxes.append(
                 TileBox(
-                    y0, y1, x0, x1,
-                    max(0, y0 - overlap), min(height, y1 + overlap),
-                    max(0, x0 - overlap), min(width, x1 + overlap),
+                    y0,
+                    y1,
+                    x0,
+                    x1,
+                    max(0, y0 - overlap),
+                    min(height, y1 + overlap),
+                    max(0, x0 - overlap),
+                    min(width, x1 + overlap),
                 )
             )
     return boxes
@@ -95,11 +97,11 @@ def tiled_forward(
     """
     if lr.dim() != 4:
         raise ValueError(f"lr must have shape (N, C, H, W), got {tuple(lr.shape)}")
-    scale = _check_int(scale, "scale", 1)
+    scale = integer(scale, "scale", 1)
     height, width = int(lr.shape[-2]), int(lr.shape[-1])
     if tile is None or (tile >= height and tile >= width):
         if tile is not None:
-            _check_int(tile, "tile", 1)
+            integer(tile, "tile", 1)
         if on_tile is not None:
             on_tile(TileBox(0, height, 0, width, 0, height, 0, width))
         return fn(lr)
@@ -112,7 +114,7 @@ def tiled_forward(
         crop_h, crop_w = box.crop_size
         if sr.dim() != 4 or sr.shape[0] != lr.shape[0] or tuple(sr.shape[-2:]) != (crop_h * scale, crop_w * scale):
             raise ValueError(
-                f"fn mapped a tile of shape {tuple(lr.shape[:2]) + (crop_h, crop_w)} to {tuple(sr.shape)}; "
+                f"fn mapped a tile of shape {(*tuple(lr.shape[:2]), crop_h, crop_w)} to {tuple(sr.shape)}; "
                 f"expected (N, C, {crop_h * scale}, {crop_w * scale}) for scale={scale}"
             )
         if out is None:
