@@ -36,7 +36,7 @@ test-all: install
 	$(PY) -m pytest -n 2 -m 'slow or not slow' $(PYTEST_ARGS)
 
 train: install
-	$(PY) -m drn_lightning.train $(TRAIN_ARGS)
+	$(PY) -m drn_lightning.train experiment=demo $(TRAIN_ARGS)
 
 eval: install
 	$(PY) -m drn_lightning.eval $(EVAL_ARGS)

@@ -279,6 +279,7 @@ def ours_overrides(variant: str, scale: int, steps: int, device: str) -> list[st
     return [
         f"model={variant}",
         f"scale={scale}",
+        "data=demo",  # prepare() builds the DataModule; the timed steps use a fixed batch
         f"trainer={'gpu' if device.startswith('cuda') else 'cpu'}",
         "trainer.precision=32-true",  # the fp32 step (the mixed-precision case adds its own override after this)
         "~logger",
@@ -592,6 +593,7 @@ def case_data(p: dict[str, Any]) -> dict[str, Any]:
     total = p["warmup"] + p["batches"]
     workers = 2 if p.get("num_workers") is None else p["num_workers"]
     overrides = [
+        "data=demo",
         f"scale={p['scale']}",
         f"data.patch_size={p['patch_size']}",
         f"data.batch_size={p['batch']}",

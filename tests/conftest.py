@@ -33,6 +33,7 @@ BENCHMARKS_DIR = REPO_ROOT.parent / "shared" / "data" / "benchmarks"
 
 # The smallest run that still exercises every part of training: tiny DRN, tiny patches, two steps.
 TINY_TRAIN = [
+    "experiment=demo",
     "model=drn_tiny",
     "data.patch_size=32",
     "data.batch_size=2",
@@ -55,10 +56,13 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("drn_cache")
 
 
-def compose_train(overrides: list[str], output_dir: Path, cache_dir: Path) -> DictConfig:
-    """Compose conf/train.yaml as `python -m drn_lightning.train` would, with outputs under `output_dir`."""
+def compose_train(overrides: list[str], output_dir: Path, cache_dir: Path, demo: bool = True) -> DictConfig:
+    """Compose conf/train.yaml as `python -m drn_lightning.train` would, with outputs under `output_dir`; the CPU demo
+    (`experiment=demo`) unless `demo=False` or another experiment is named."""
     from hydra import compose, initialize_config_dir
 
+    if demo and not any(o.startswith("experiment=") for o in overrides):
+        overrides = ["experiment=demo", *overrides]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(
             "train",

@@ -156,6 +156,17 @@ def test_rank_world_epoch_from_trainer(data_root: Path) -> None:
         dm.train_dataloader()
 
 
+def test_global_batch_is_split_across_ranks(data_root: Path) -> None:
+    """`global_batch=true` (the paper configs): batch_size is the global batch, each of N ranks draws 1/N of it."""
+    dm = _dm(data_root, batch_size=10, global_batch=True)
+    for world, per_rank in ((1, 10), (2, 5)):
+        dm.trainer = _fake_trainer(0, world)  # type: ignore[assignment]
+        assert dm.train_dataloader().batch_sampler.batch_size == per_rank
+    dm.trainer = _fake_trainer(0, 3)  # type: ignore[assignment]
+    with pytest.raises(ValueError, match=r"batch_size=10 \(global_batch=true\) does not split over 3 ranks"):
+        dm.train_dataloader()
+
+
 def _fake_trainer(rank: int, world: int) -> SimpleNamespace:
     return SimpleNamespace(
         global_rank=rank,

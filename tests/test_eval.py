@@ -45,7 +45,7 @@ def test_bicubic_scores_equal_a_hand_made_pipeline(tmp_path: Path) -> None:
     assert scores["psnr"] == pytest.approx(sum(expected) / 2, abs=1e-6)
 
 
-def _bicubic_eval(root: Path, set_name: str, tmp_path: Path) -> tuple[dict, subprocess.CompletedProcess]:
+def _bicubic_eval(root: Path, set_name: str, tmp_path: Path, *extra: str) -> tuple[dict, subprocess.CompletedProcess]:
     """`python -m drn_lightning.eval model=bicubic` x4 on one set under `root`; the results JSON and the run."""
     out = tmp_path / f"{set_name}.json"
     result = run_module(
@@ -58,6 +58,7 @@ def _bicubic_eval(root: Path, set_name: str, tmp_path: Path) -> tuple[dict, subp
             f"data.sets=[{set_name}]",
             f"results_json={out}",
             f"hydra.run.dir={tmp_path / 'run'}",
+            *extra,
         ],
         cwd=REPO_ROOT,
     )
@@ -69,9 +70,29 @@ def test_eval_command_writes_the_json_shape(tmp_path: Path) -> None:
     root = _photo_set(tmp_path / "bench")
     payload, result = _bicubic_eval(root, "Photos", tmp_path)
     assert set(payload) == {"Photos"}
-    assert set(payload["Photos"]) == {"psnr", "ssim", "images"}
+    assert set(payload["Photos"]) == {"psnr", "ssim", "images", "degradation"}
+    assert payload["Photos"]["degradation"] == "bicubic"
     assert payload["Photos"]["images"] == 2 and 20 < payload["Photos"]["psnr"] < 40
     assert "Photos" in result.stdout and "PSNR" in result.stdout
+
+
+def test_eval_on_nearest_lr_matches_an_independent_pipeline(tmp_path: Path) -> None:
+    """`data.degradation=nearest`: the LR is MATLAB's nearest pick (0-based index floor((i + 0.5) * s) = 4 i + 2 at
+    x4, made here with NumPy), upscaled by bicubic; the JSON entry says which degradation it scored."""
+    root = _photo_set(tmp_path / "bench")
+    payload, result = _bicubic_eval(root, "Photos", tmp_path, "data.degradation=nearest")
+    expected = []
+    for path in sorted((root / "Photos").glob("*.png")):
+        hr = np.array(Image.open(path))
+        hr = hr[: hr.shape[0] // 4 * 4, : hr.shape[1] // 4 * 4]
+        lr = torch.from_numpy(np.ascontiguousarray(hr[2::4, 2::4])).permute(2, 0, 1)[None].float()
+        hr_t = torch.from_numpy(hr).permute(2, 0, 1)[None].float()
+        expected.append(psnr_y(imresize(lr, scale=4), hr_t, 4, round_y=True).item())
+    assert payload["Photos"]["degradation"] == "nearest" and payload["Photos"]["images"] == 2
+    assert payload["Photos"]["psnr"] == pytest.approx(sum(expected) / 2, abs=1e-6)
+    assert "nearest LR" in result.stdout
+    bicubic, _ = _bicubic_eval(root, "Photos", tmp_path / "b")
+    assert payload["Photos"]["psnr"] < bicubic["Photos"]["psnr"] - 1.0  # a real gap, as measured on Set5
 
 
 def test_eval_with_our_checkpoint_matches_in_process_scores(tmp_path: Path) -> None:

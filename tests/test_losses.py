@@ -38,12 +38,14 @@ def test_paired_loss_matches_hand_computation() -> None:
 
 def test_unpaired_sample_contributes_only_hr_free_dual_terms() -> None:
     outputs, lr, hr = x4_batch([1000.0])  # the HR value must not matter for an unpaired sample
-    terms = DRNLoss(dual_weight=0.1)(outputs, lr, hr, averaging_duals(2), paired=torch.tensor([False]))
+    terms = DRNLoss(dual_weight=0.1, unpaired_chain=True)(
+        outputs, lr, hr, averaging_duals(2), paired=torch.tensor([False])
+    )
     # dual_0: |20-12| = 8; chained D0(D1(30)) = 30 vs LR 12 -> 18; no primal term
     assert terms["primal"].item() == 0.0
     assert terms["dual"].item() == pytest.approx(26.0)
     assert terms["loss"].item() == pytest.approx(2.6)
-    no_chain = DRNLoss(dual_weight=0.1, unpaired_chain=False)(
+    no_chain = DRNLoss(dual_weight=0.1)(  # the default: the paper's one dual term per level
         outputs, lr, hr, averaging_duals(2), paired=torch.tensor([False])
     )
     assert no_chain["loss"].item() == pytest.approx(0.8)
@@ -51,7 +53,9 @@ def test_unpaired_sample_contributes_only_hr_free_dual_terms() -> None:
 
 def test_mixed_batch_normalises_by_batch_size() -> None:
     outputs, lr, hr = x4_batch([40.0, 1000.0])
-    terms = DRNLoss(dual_weight=0.1)(outputs, lr, hr, averaging_duals(2), paired=torch.tensor([True, False]))
+    terms = DRNLoss(dual_weight=0.1, unpaired_chain=True)(
+        outputs, lr, hr, averaging_duals(2), paired=torch.tensor([True, False])
+    )
     assert terms["primal"].item() == pytest.approx(17.0 / 2)
     assert terms["dual"].item() == pytest.approx((13.0 + 26.0) / 2)
     assert terms["loss"].item() == pytest.approx(8.5 + 0.1 * 19.5)

@@ -40,6 +40,7 @@ STEPS = 6  # two epochs of three steps
 
 # A run small enough to train in seconds on a shared CPU, deterministic, checkpointing every 2 steps.
 TINY = [
+    "experiment=demo",
     "scale=2",
     "model.net.n_feats=4",
     "model.net.n_blocks=1",
@@ -290,9 +291,12 @@ def test_kill_in_a_later_epoch_with_the_default_workers_resumes_exactly(
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits(
-    tmp_path: Path, cache: Path, reference: dict[str, Any]
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2], ids=["SIGTERM", "SIGUSR2"])
+def test_preemption_signal_saves_a_checkpoint_at_the_current_step_and_the_same_command_resumes(
+    tmp_path: Path, cache: Path, reference: dict[str, Any], signum: signal.Signals
 ) -> None:
+    """SIGTERM (SLURM preemption) or SIGUSR2 (submitit, before a time limit): last.ckpt at the step reached, exit
+    143; the SIGUSR2 run is then resumed by the very same command (the default ckpt_path=auto), as a requeued job."""
     run_dir, marker = tmp_path / "run", tmp_path / "step"
     proc = subprocess.Popen(
         _train_cmd(
@@ -315,7 +319,7 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits(
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "training never reached its first step"
             time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)  # while step 1's on_train_batch_end sleeps
+        proc.send_signal(signum)  # while step 1's on_train_batch_end sleeps
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -324,7 +328,8 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits(
     assert 1 <= step < STEPS
     assert proc.returncode == SIGTERM_EXIT_CODE, stderr[-3000:]
     assert (
-        f"SIGTERM: saved checkpoint at global step {step} to {run_dir / 'checkpoints' / 'last.ckpt'}" in stdout + stderr
+        f"{signum.name}: saved checkpoint at global step {step} to {run_dir / 'checkpoints' / 'last.ckpt'}"
+        in stdout + stderr
     )
     assert error_lines(stderr) == [
         f"error: stopped by SIGTERM (preemption); resume with ckpt_path=last hydra.run.dir={run_dir}"
@@ -332,7 +337,7 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits(
     saved = load(run_dir / "checkpoints" / "last.ckpt")
     assert saved["global_step"] == step
 
-    resumed = train(run_dir, cache, "ckpt_path=last")
+    resumed = train(run_dir, cache, *(["ckpt_path=last"] if signum == signal.SIGTERM else []))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "last.ckpt" in ckpt_files(run_dir / "checkpoints") and "last-v1.ckpt" not in ckpt_files(
         run_dir / "checkpoints"
@@ -554,7 +559,12 @@ def _compose(overrides: list[str], tmp_path: Path) -> Any:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(
             "train",
-            overrides=[f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}", *overrides],
+            overrides=[
+                f"paths.output_dir={tmp_path / 'run'}",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                "experiment=demo",
+                *overrides,
+            ],
         )
 
 
@@ -611,7 +621,7 @@ def test_entry_point_rejects_invalid_options_with_one_error_line_and_builds_noth
         overrides = cases[index][0]
         run_dir = tmp_path / f"run{index}"
         own_dir = [] if any(o.startswith("hydra.run.dir=") for o in overrides) else [f"hydra.run.dir={run_dir}"]
-        cmd = [sys.executable, "-m", "drn_lightning.train", *own_dir, *overrides]
+        cmd = [sys.executable, "-m", "drn_lightning.train", "experiment=demo", *own_dir, *overrides]
         return subprocess.run(
             cmd, cwd=REPO, env=_env(tmp_path / f"cache{index}"), capture_output=True, text=True, timeout=300
         )

@@ -18,21 +18,32 @@ from drn_lightning.train import prepare
 from helpers_reliability import PoisonBatchAtStep
 
 
-def test_default_config_is_the_cpu_demo(tmp_path: Path, demo_cache: Path) -> None:
-    cfg = compose_train([], tmp_path, demo_cache)
-    validate_train_config(cfg)
-    assert cfg.model.name == "drn_tiny" and cfg.scale == 4
-    assert cfg.data.train.hr_dir._target_ == "drn_lightning.data.demo_photos"
-    assert cfg.model.loss.dual_weight == 0.1
-    assert cfg.model.optimizer.betas == [0.9, 0.999]
-    assert cfg.model.scheduler.eta_min == 1e-7
+def test_the_default_is_the_paper_recipe_and_the_demo_is_one_word_away(tmp_path: Path, demo_cache: Path) -> None:
+    cfg = compose_train([], tmp_path, demo_cache, demo=False)
+    assert cfg.model.name == "drn_s" and cfg.data.train.hr_dir.endswith("DF2K/DF2K_train_HR")
+    assert (cfg.data.patch_size, cfg.data.batch_size, cfg.data.global_batch) == (384, 32, True)
+    assert cfg.model.optimizer.lr == 1e-4 and cfg.model.scheduler.eta_min == 1e-7
+    assert cfg.trainer.max_epochs * cfg.data.steps_per_epoch == 1_000_000 and cfg.trainer.max_time is None
+    assert cfg.model.loss.dual_weight == 0.1 and cfg.model.optimizer.betas == [0.9, 0.999]
+    assert cfg.trainer.precision == "32-true" and cfg.torch_threads is None and cfg.ckpt_path == "auto"
+    demo = compose_train(["experiment=demo"], tmp_path, demo_cache)
+    validate_train_config(demo)
+    assert demo.model.name == "drn_tiny" and demo.scale == 4
+    assert demo.data.train.hr_dir._target_ == "drn_lightning.data.demo_photos"
 
 
-def test_top_level_scale_builds_drn_l_x8_and_4_device_ddp(tmp_path: Path, demo_cache: Path) -> None:
-    cfg = compose_train(
-        ["model=drn_l", "scale=8", "trainer.devices=4", "trainer.accelerator=cpu"], tmp_path, demo_cache
-    )
-    validate_train_config(cfg)
+def test_headline_command_builds_drn_l_x8_with_4_device_ddp_and_names_the_missing_data(
+    tmp_path: Path, demo_cache: Path
+) -> None:
+    """`python -m drn_lightning.train model=drn_l scale=8 trainer.devices=4`: the paper's DRN-L x8 on DF2K; without
+    the data, one error naming the folder and the layout, before anything is built."""
+    cfg = compose_train(["model=drn_l", "scale=8", "trainer.devices=4", "trainer.accelerator=cpu",
+                         f"paths.data_dir={tmp_path / 'data'}"], tmp_path, demo_cache, demo=False)  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        validate_train_config(cfg)
+    message = str(info.value)
+    assert f"data.train.hr_dir='{tmp_path / 'data'}/DF2K/DF2K_train_HR': path does not exist" in message
+    assert "DF2K/DF2K_train_LR_bicubic/X4/0001x4.png" in message and "data.train.hr_dir=" in message
     module = instantiate(cfg.model)
     primal, duals = module.primal, module.duals
     assert (primal.scale, primal.n_feats, primal.n_blocks) == (8, 10, 36)
@@ -148,6 +159,26 @@ def test_fit_then_resume_restores_step_optimizer_and_scheduler(tmp_path: Path, d
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 4
 
 
+def test_a_checkpoint_reloads_as_lightning_users_do(tmp_path: Path, demo_cache: Path) -> None:
+    """`DRNLitModule.load_from_checkpoint(path)` with no arguments rebuilds P and D_i from the saved config."""
+    from drn_lightning.lit_module import DRNLitModule
+    from drn_lightning.models import load_weights
+
+    cfg = compose_train([*TINY_TRAIN, "logger=csv"], tmp_path / "run", demo_cache)
+    datamodule, module, trainer = prepare(cfg)
+    trainer.fit(module, datamodule=datamodule)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    reloaded = DRNLitModule.load_from_checkpoint(last)
+    assert isinstance(reloaded, DRNLitModule) and reloaded.name == "drn_tiny" and reloaded.scale == 4
+    for key, value in module.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key].to(value.dtype), value.contiguous()), key
+    primal, duals, _ = load_weights(last)  # and the plain-network loader still reads the same file
+    assert duals is not None and torch.equal(primal.head.weight, reloaded.primal.head.weight.contiguous())
+    lr = torch.rand(1, 3, 12, 12) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(lr)[-1], primal.eval()(lr)[-1])
+
+
 def test_cosine_schedule_spans_the_run(tmp_path: Path, demo_cache: Path) -> None:
     cfg = compose_train([*TINY_TRAIN, "trainer.max_steps=5", "trainer.max_epochs=3"], tmp_path, demo_cache)
     datamodule, module, trainer = prepare(cfg)
@@ -247,7 +278,11 @@ def test_multirun_over_rho_report_wandb_group_and_notebook(
     assert [r["data.unpaired_ratio"] for r in rows] == [0.0, 0.5]
     for row, job in zip(rows, ("0", "1")):
         evaluation = json.loads((sweep_dir / job / "eval.json").read_text())
-        assert row["demo/psnr"] == pytest.approx(evaluation["demo"]["model"]["psnr"])
+        # data=semi scores its target (the held-out photos on Nearest LR) first, bicubic LR for reference
+        assert {"demo_nearest", "demo_bicubic"} <= set(evaluation)
+        assert evaluation["demo_nearest"]["degradation"] == "nearest"
+        assert row["demo_nearest/psnr"] == pytest.approx(evaluation["demo_nearest"]["model"]["psnr"])
+        assert row["demo_bicubic/psnr"] == pytest.approx(evaluation["demo_bicubic"]["model"]["psnr"])
     png = sweep_dir / "psnr_vs_unpaired_ratio.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Both W&B runs of the sweep carry the sweep directory as their group.
@@ -361,7 +396,7 @@ def test_adapt_real_finetunes_pretrained_weights_on_unpaired_real_lr(tmp_path: P
         "experiment=adapt_real",
         f"weights={weights}",
         f"real_lr_dir={real}",
-        *TINY_TRAIN,
+        *[o for o in TINY_TRAIN if o != "experiment=demo"],
         "data.batch_size=10",
         "data.patch_size=32",
     ]
@@ -387,7 +422,7 @@ def test_adapt_real_finetunes_pretrained_weights_on_unpaired_real_lr(tmp_path: P
 
 
 def test_adapt_real_without_a_folder_names_the_option(tmp_path: Path, demo_cache: Path) -> None:
-    cfg = compose_train(["experiment=adapt_real"], tmp_path, demo_cache)
+    cfg = compose_train(["experiment=adapt_real"], tmp_path, demo_cache)  # the paired data is the demo's
     with pytest.raises(ConfigError, match="real_lr_dir"):
         validate_train_config(cfg)
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,15 +112,40 @@ class ImageGridLogger(pl.Callback):
 
 
 class PreemptionCheckpoint(OnExceptionCheckpoint):
-    """Lightning's OnExceptionCheckpoint narrowed to preemption: on SIGTERM (Lightning stops at the next batch
-    boundary) it writes `last.ckpt` into the ModelCheckpoint's folder, so `ckpt_path=last` resumes at that step.
+    """Lightning's OnExceptionCheckpoint narrowed to preemption: on SIGTERM, or `signals` such as SIGUSR2 (what
+    submitit sends before a SLURM time limit), Lightning stops at the next batch boundary and this writes `last.ckpt`
+    into the ModelCheckpoint's folder, so the same command (`ckpt_path=auto`) resumes at that step.
 
-    Other exceptions (a NaN loss) save nothing, so a bad state never replaces the last good checkpoint; and the
-    file stays at teardown (the parent class deletes its own), since it is the run's latest checkpoint.
+    Another signal is handled as SIGTERM by Lightning's own handler; a handler it replaced (submitit's requeue) is
+    called once the checkpoint is written. Other exceptions (a NaN loss) save nothing, so a bad state never
+    replaces the last good checkpoint; and the file stays at teardown (the parent class deletes its own).
     """
 
-    def __init__(self, dirpath: str | os.PathLike[str] | None = None, filename: str = "last") -> None:
+    def __init__(
+        self,
+        dirpath: str | os.PathLike[str] | None = None,
+        filename: str = "last",
+        signals: Sequence[str] = ("SIGUSR2",),
+    ) -> None:
         super().__init__(str(dirpath or ""), filename)
+        self.signals = [signal.Signals[name] for name in signals]
+        self._replaced: dict[signal.Signals, Any] = {}
+        self.received: signal.Signals | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.signals:
+            self._replaced[signum] = signal.signal(signum, self._as_sigterm)
+
+    def _as_sigterm(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum)
+        signal.raise_signal(signal.SIGTERM)  # Lightning's graceful stop, on every rank
+
+    def _pass_on(self) -> None:
+        previous = self._replaced.get(self.received) if self.received is not None else None
+        if callable(previous):
+            previous(self.received, None)  # e.g. submitit requeues the job with the same overrides
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
@@ -135,7 +163,12 @@ class PreemptionCheckpoint(OnExceptionCheckpoint):
             model_checkpoint.last_model_path = str(target)
         trainer.save_checkpoint(target)
         if trainer.is_global_zero:
-            log.warning("SIGTERM: saved checkpoint at global step %d to %s", trainer.global_step, target)
+            name = self.received.name if self.received is not None else "SIGTERM"
+            log.warning("%s: saved checkpoint at global step %d to %s", name, trainer.global_step, target)
+        self._pass_on()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Keep the checkpoint (OnExceptionCheckpoint removes its file here)."""
+        """Keep the checkpoint (OnExceptionCheckpoint removes its file here); put back the replaced handlers."""
+        for signum, previous in self._replaced.items():
+            signal.signal(signum, previous)
+        self._replaced.clear()

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from drn_lightning.data.io import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
+from drn_lightning.data.io import MAX_IMAGE_PIXELS
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
@@ -72,22 +72,16 @@ _non_negative_int = _int_at_least(0, "an integer >= 0")
 
 def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
     """Expand folders to their image files (sorted, non-recursive); a missing path fails the whole run early."""
+    from drn_lightning.data.io import list_images
+
     files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
+    for path in map(Path, inputs):
         if not path.exists():
             raise CliError(f"{path}: input does not exist")
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.iterdir()
-                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
-            if not found:
-                raise CliError(f"{path}: folder contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-            files.extend(found)
-        else:
-            files.append(path)
+        try:
+            files.extend(list_images(path) if path.is_dir() else [path])
+        except ValueError as err:  # a folder without images
+            raise CliError(str(err)) from None
     return files
 
 

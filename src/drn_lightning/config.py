@@ -1,14 +1,16 @@
-"""What no constructor can check: missing options, cross-group facts, and the files and folders a run reads and
-writes. Runs before anything is built; each constructor checks its own arguments (`drn_lightning.train` names
-them as typed)."""
+"""What no constructor can check (missing options, cross-group facts, the files and folders a run reads and
+writes), run before anything is built; and `build`, which names a constructor's complaint by the option as typed."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
@@ -18,7 +20,11 @@ from drn_lightning.models.official import CheckpointError, safe_load
 INPUT_PATH_KEYS = ("hr_dir", "lr_dir", "root")  # data inputs that must exist (outputs and caches are made)
 OUTPUT_DIR_KEYS = ("dirpath", "save_dir", "default_root_dir", "output_dir")  # folders the run writes into
 TORCH_FILE_KEYS = ("weights", "dual_weights", "ckpt_path")
-CKPT_PATH_WORDS = ("last", "hpc")  # Lightning's own names for checkpoints it finds itself
+CKPT_PATH_WORDS = ("auto", "last", "hpc")  # checkpoints found in the run folder (drn_lightning.train, Lightning)
+DF2K_LAYOUT = (
+    "lay DF2K out under paths.data_dir as DF2K/DF2K_train_HR/0001.png and DF2K/DF2K_train_LR_bicubic/X4/0001x4.png "
+    "(X2, X8 alike), or give data.train.hr_dir=<HR folder> data.train.lr_dir=null (LR made with MATLAB bicubic)"
+)
 
 
 class ConfigError(ValueError):
@@ -85,9 +91,17 @@ def _validate(cfg: DictConfig) -> None:
             f"nonfinite_check=device cannot be used with trainer.precision={trainer.precision} "
             "(its GradScaler skips non-finite steps itself); use nonfinite_check=host or auto",
         )
+    devices, nodes = trainer.get("devices"), trainer.get("num_nodes") or 1
+    if cfg.data.get("global_batch") and isinstance(devices, int) and devices > 0 and isinstance(nodes, int):
+        _require(
+            int(cfg.data.batch_size) % (devices * nodes) == 0,
+            f"data.batch_size={cfg.data.batch_size} (data.global_batch=true) must split evenly over "
+            f"trainer.devices x trainer.num_nodes = {devices * nodes} ranks",
+        )
     for key, value in _leaves(cfg.data, "data"):
         if key.rsplit(".", 1)[-1] in INPUT_PATH_KEYS and value not in (None, ""):
-            _require(Path(str(value)).exists(), f"{key}={value!r}: path does not exist")
+            hint = f"; {DF2K_LAYOUT}" if key.startswith("data.train.") and "DF2K" in str(value) else ""
+            _require(Path(str(value)).exists(), f"{key}={value!r}: path does not exist{hint}")
     check_torch_files(cfg)
     check_output_dirs(cfg)
 
@@ -126,3 +140,32 @@ def check_torch_files(cfg: DictConfig) -> None:
             safe_load(str(value))
         except CheckpointError as err:
             raise ConfigError(f"{key}: {err}") from None
+
+
+def _as_typed(cfg: DictConfig, node: str, message: str) -> str:
+    """A constructor's `arg=value ...` message under the option the user typed (`data.batch_size=0 ...`); an
+    argument filled by an interpolation such as `${nonfinite_loss}` is named by the top-level key."""
+    arg = re.match(r"([\w.]+)(?=[=:])", message)
+    if not arg:
+        return f"{node}: {message}"
+    key = f"{node}.{arg[1]}"
+    parent, _, leaf = key.rpartition(".")
+    holder = OmegaConf.select(cfg, parent)
+    if isinstance(holder, DictConfig) and leaf in holder and OmegaConf.is_interpolation(holder, leaf):
+        source = re.fullmatch(r"\$\{([\w.]+)\}", str(holder._get_node(leaf)._value()))  # type: ignore[union-attr]
+        key = source[1] if source else key
+    return key + message[len(arg[1]) :]
+
+
+def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """`instantiate(cfg[key])`; an invalid argument becomes a ConfigError naming the option (Hydra knows its path)."""
+    from drn_lightning.reliability import RUN_FAILURES
+
+    try:
+        return instantiate(OmegaConf.select(cfg, key), **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, RUN_FAILURES) or not isinstance(cause, ValueError | TypeError | OSError):
+            raise cause or err from None  # unreadable data, a bad checkpoint, ...: the run's failure path
+        where = re.search(r"full_key: (\S+)", str(err))
+        raise ConfigError(_as_typed(cfg, where[1] if where else key, str(cause))) from None

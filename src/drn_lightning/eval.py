@@ -68,7 +68,12 @@ def evaluate(
             sr = upscaler(lr)
             psnr.update(sr, hr)
             ssim.update(sr, hr)
-        results[name] = {"psnr": float(psnr.compute()), "ssim": float(ssim.compute()), "images": len(dataset)}  # type: ignore[arg-type]
+        results[name] = {
+            "psnr": float(psnr.compute()),
+            "ssim": float(ssim.compute()),
+            "images": len(dataset),  # type: ignore[arg-type]
+            "degradation": getattr(dataset, "degradation", "bicubic"),  # how the LR was made
+        }
     return results
 
 
@@ -84,14 +89,16 @@ def print_results(
     (console or Console()).print(table)
 
 
-def benchmark_datasets(root: str | os.PathLike[str], sets: list[str], scale: int) -> dict[str, Dataset]:
-    """One BenchmarkDataset per set folder under `root`; a missing folder is an error naming it."""
+def benchmark_datasets(
+    root: str | os.PathLike[str], sets: list[str], scale: int, degradation: str = "bicubic"
+) -> dict[str, Dataset]:
+    """One BenchmarkDataset per set folder under `root`, LR made by `degradation`; a missing folder is an error."""
     from drn_lightning.data.datasets import BenchmarkDataset
 
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={str(root)!r}: benchmark folder not found")
-    return {name: BenchmarkDataset(root, name, scale) for name in sets}
+    return {name: BenchmarkDataset(root, name, scale, degradation=degradation) for name in sets}
 
 
 def final_evaluation(
@@ -106,6 +113,7 @@ def final_evaluation(
             "model": {k: model_scores[name][k] for k in ("psnr", "ssim")},
             "bicubic": {k: bicubic_scores[name][k] for k in ("psnr", "ssim")},
             "images": model_scores[name]["images"],
+            "degradation": model_scores[name]["degradation"],
         }
         for name in datasets
     }
@@ -153,7 +161,11 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
 
     scale = check_scale(int(cfg.scale))
     device = resolve_device(str(cfg.device))
-    datasets = benchmark_datasets(cfg.data.root, list(cfg.data.sets), scale)
+    degradation = str(cfg.data.get("degradation") or "bicubic")
+    try:
+        datasets = benchmark_datasets(cfg.data.root, list(cfg.data.sets), scale, degradation)
+    except ValueError as err:
+        raise ValueError(f"data.{err}" if str(err).startswith("degradation=") else str(err)) from None
     primal = load_primal(cfg)
     if primal is None:
         upscaler, title = bicubic_upscaler(scale), f"bicubic x{scale}"
@@ -161,6 +173,7 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         primal = primal.to(device)
         upscaler = model_upscaler(primal, bool(cfg.self_ensemble), cfg.get("tile"))
         title = f"{cfg.model.name} x{scale} ({cfg.weights})"
+    title += "" if degradation == "bicubic" else f", {degradation} LR"
     results = evaluate(upscaler, datasets, scale, device, bool(cfg.round_y))
     print_results(results, scale, title)
     path = write_json(results, cfg.results_json)

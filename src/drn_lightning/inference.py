@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from drn_lightning.checks import integer
+from drn_lightning.data.io import sixteen_to_eight
 from drn_lightning.models.drn import ChannelAttention
 from drn_lightning.models.official import load_weights
 from drn_lightning.ops.tiling import DEFAULT_TILE_OVERLAP, TileBox, self_ensemble_forward, tiled_forward
@@ -291,16 +292,11 @@ def _upscale_numpy(up: Upscaler, array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out[..., 0] if was_2d else out)
 
 
-def _sixteen_bit_to_grey8(image: Any) -> np.ndarray:
-    """16-bit greyscale -> 8 bits with round(v / 257), since Pillow's convert("L") clips instead."""
-    wide = np.asarray(image).astype(np.int64).clip(0, 65535)
-    return ((wide + 128) // 257).astype(np.uint8)
-
-
 def _upscale_pil(up: Upscaler, image: Any) -> Any:
     mode = image.mode
     if mode.startswith("I"):
-        return _PILImage.fromarray(_upscale_numpy(up, _sixteen_bit_to_grey8(image)), mode="L")
+        grey = sixteen_to_eight(np.asarray(image).astype(np.int64).clip(0, 65535))  # Pillow's "L" would clip
+        return _PILImage.fromarray(_upscale_numpy(up, grey), mode="L")
     if mode in ("L", "1", "F"):
         return _PILImage.fromarray(_upscale_numpy(up, np.asarray(image.convert("L"), dtype=np.uint8)), mode="L")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):

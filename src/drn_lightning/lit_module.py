@@ -243,8 +243,8 @@ class DRNLitModule(pl.LightningModule):
                 self.log(f"val/{name}/psnr_bicubic", bicubic.compute(), sync_dist=False)
             for metric in (psnr, ssim, bicubic):
                 metric.reset()
-        if psnrs:
-            self.log("val/psnr", torch.stack(psnrs).mean(), prog_bar=True, sync_dist=False)
+        if psnrs:  # the first validation set selects checkpoints (the target degradation in the semi configs)
+            self.log("val/psnr", psnrs[0], prog_bar=True, sync_dist=False)
             if not self.trainer.sanity_checking:
                 self.bicubic_logged = True
 

@@ -4,7 +4,8 @@ Pixels are in 0-255 as in the authors' code, so lambda = 0.1 means what it means
 semi-supervised batches every term is a per-sample L1 mean, masked to the samples for which its target
 exists and normalised by the batch size, i.e. eq. (3) of the paper:
     L = 1/N * sum_i [ paired_i * (L_P(x_i, y_i) + lambda * L_D(x_i, y_i)) + (1 - paired_i) * lambda * L_D(x_i) ].
-For an unpaired sample L_D(x_i) = L1(D_0(P(x)_2x), x) (+ L1(D_0(...D_{S-1}(P(x)_final)), x) when `unpaired_chain`).
+For an unpaired sample L_D(x_i) = L1(D_0(P(x)_2x), x), one dual term per x2 level as the authors' trainer has it;
+`unpaired_chain=True` adds L1(D_0(...D_{S-1}(P(x)_final)), x), this project's extension (not in the paper).
 Pass `paired=None` for fully paired data: no mask and no chained term are computed.
 With every sample paired this equals the authors' `L1(sr, hr) + sum L1(sr_k, lr_k) + 0.1 * sum L1(D_k(.), lr_k)`.
 """
@@ -25,7 +26,7 @@ def per_sample_l1(prediction: Tensor, target: Tensor) -> Tensor:
 class DRNLoss(nn.Module):
     """Primal multi-scale L1 + `dual_weight` x dual L1, with per-sample masks for unpaired data."""
 
-    def __init__(self, dual_weight: float = 0.1, unpaired_chain: bool = True) -> None:
+    def __init__(self, dual_weight: float = 0.1, unpaired_chain: bool = False) -> None:
         super().__init__()
         if dual_weight < 0:
             raise ValueError(f"dual_weight={dual_weight} must be >= 0")

@@ -38,7 +38,6 @@ __all__ = [
     "AtomicCheckpointIO",
     "CheckpointWriteError",
     "failure_message",
-    "read_torch_file",
     "to_plain",
 ]
 
@@ -119,17 +118,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Load on CPU with ``weights_only=True`` whatever ``weights_only`` says; Lightning moves tensors later."""
         if weights_only is False:
             log.warning("%s: weights_only=False ignored; checkpoints are always read with weights_only=True", path)
-        checkpoint = read_torch_file(path)
+        checkpoint = safe_load(path)
         if not isinstance(checkpoint, dict):
             raise CheckpointError(
                 f"{path}: not a Lightning checkpoint (found {type(checkpoint).__name__}, expected a dict)"
             )
         return checkpoint
-
-
-def read_torch_file(path: str | os.PathLike[str]) -> Any:
-    """Checkpoints are read like weights files: `weights_only=True`, errors naming the file and the reason."""
-    return safe_load(path)
 
 
 def _write_failure(path: Path, err: OSError) -> str:

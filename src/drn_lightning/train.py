@@ -1,13 +1,12 @@
 """Training entry point: Hydra composes the run, Lightning runs it (CPU, one GPU, DDP, multi-node).
 
-python -m drn_lightning.train                                  # CPU demo on the embedded photos
-python -m drn_lightning.train model=drn_l scale=8 trainer.devices=4
-python -m drn_lightning.train -m data=semi data.unpaired_ratio=0,0.1,0.3,0.5,0.7
+python -m drn_lightning.train model=drn_l scale=8 trainer.devices=4        # the paper's recipe on DF2K
+python -m drn_lightning.train experiment=demo                              # the CPU demo (make train)
+python -m drn_lightning.train -m experiment=demo data=semi data.unpaired_ratio=0,0.3,0.5
 """
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from pathlib import Path
@@ -16,41 +15,12 @@ from typing import Any, cast
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from drn_lightning.config import ConfigError, validate_train_config
+from drn_lightning.config import ConfigError, build, validate_train_config
 from drn_lightning.reliability import RUN_FAILURES, AtomicCheckpointIO, failure_message
 from drn_lightning.runtime import apply_process_settings
-
-
-def _as_typed(cfg: DictConfig, node: str, message: str) -> str:
-    """A constructor's `arg=value ...` message under the option the user typed (`data.batch_size=0 ...`); an
-    argument filled by an interpolation such as `${nonfinite_loss}` is named by the top-level key."""
-    arg = re.match(r"([\w.]+)(?=[=:])", message)
-    if not arg:
-        return f"{node}: {message}"
-    key = f"{node}.{arg[1]}"
-    parent, _, leaf = key.rpartition(".")
-    holder = OmegaConf.select(cfg, parent)
-    if isinstance(holder, DictConfig) and leaf in holder and OmegaConf.is_interpolation(holder, leaf):
-        source = re.fullmatch(r"\$\{([\w.]+)\}", str(holder._get_node(leaf)._value()))  # type: ignore[union-attr]
-        key = source[1] if source else key
-    return key + message[len(arg[1]) :]
-
-
-def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
-    """`instantiate(cfg[key])`; an invalid argument becomes a ConfigError naming the option (Hydra knows its path)."""
-    try:
-        return instantiate(OmegaConf.select(cfg, key), **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, RUN_FAILURES) or not isinstance(cause, ValueError | TypeError | OSError):
-            raise cause or err from None  # unreadable data, a bad checkpoint, ...: the run's failure path
-        where = re.search(r"full_key: (\S+)", str(err))
-        raise ConfigError(_as_typed(cfg, where[1] if where else key, str(cause))) from None
 
 
 def _group(cfg: DictConfig, key: str) -> list[Any]:
@@ -67,14 +37,8 @@ def prepare(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
         raise ConfigError(str(err)) from None
     pl.seed_everything(int(cfg.seed), workers=True)
     model = build(cfg, "model")
-    model.save_hyperparameters(
-        {
-            k: v
-            for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()  # type: ignore[union-attr]
-            if k != "_target_"
-        },
-        logger=False,
-    )  # what load_from_checkpoint rebuilds
+    parts = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
+    model.save_hyperparameters({k: v for k, v in parts.items() if k != "_target_"}, logger=False)  # for reloading
     if cfg.get("weights"):
         try:
             model.load_pretrained(cfg.weights, cfg.get("dual_weights"), bool(cfg.get("allow_random_duals")))
@@ -90,7 +54,22 @@ def prepare(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
     loggers = _group(cfg, "logger")
     trainer = build(cfg, "trainer", logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+    with open_dict(cfg):
+        cfg.ckpt_path = resume_from(cfg.get("ckpt_path"), trainer)
     return build(cfg, "data"), model, trainer
+
+
+def resume_from(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
+    """`auto`: the run folder's newest last*.ckpt if any (a requeued job resumes), else a fresh start; `last`: that
+    file or an error naming the folder; anything else as given."""
+    if ckpt_path not in ("auto", "last"):
+        return ckpt_path
+    callback = trainer.checkpoint_callback
+    folder = Path(getattr(callback, "dirpath", None) or Path(trainer.default_root_dir) / "checkpoints")
+    found = max(folder.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime, default=None)
+    if found is None and ckpt_path == "last":
+        raise ConfigError(f"ckpt_path=last: no last*.ckpt in {folder} to resume from (ckpt_path=auto starts fresh)")
+    return None if found is None else str(found)
 
 
 def train(cfg: DictConfig, datamodule: Any, model: pl.LightningModule, trainer: pl.Trainer) -> dict[str, Any]:

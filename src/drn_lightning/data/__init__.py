@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from drn_lightning.data.datasets import BenchmarkDataset, KeyedConcatDataset, PairedDataset, UnpairedDataset
+from drn_lightning.data.datasets import BenchmarkDataset, PairedDataset, UnpairedDataset
 from drn_lightning.data.demo import DEMO_GREYSCALE, DEMO_TRAIN, DEMO_VAL, demo_photos, load_demo_image, materialize_demo
 from drn_lightning.data.io import ImageReadError, list_images, read_image
-from drn_lightning.data.samplers import MixedBatchSampler
+from drn_lightning.data.samplers import KeyedConcatDataset, MixedBatchSampler
 
 if TYPE_CHECKING:
     from drn_lightning.data.datamodule import ResumableLoader, ShardSampler, SRDataModule

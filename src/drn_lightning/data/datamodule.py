@@ -31,8 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from drn_lightning.checks import fraction, integer
-from drn_lightning.data.datasets import KeyedConcatDataset
-from drn_lightning.data.samplers import MixedBatchSampler
+from drn_lightning.data.samplers import KeyedConcatDataset, MixedBatchSampler
 
 __all__ = ["ResumableLoader", "SRDataModule", "ShardSampler"]
 
@@ -125,6 +124,12 @@ def _build(role: str, factory: DatasetFactory | Dataset[Any], **given: Any) -> D
         raise
 
 
+def _named(name: str, dataset: Dataset[Any]) -> str:
+    """A validation set's name in metrics and reports: `Set5`, or `Set5_nearest` for LR made another way."""
+    degradation = getattr(dataset, "degradation", "bicubic")
+    return name if degradation == "bicubic" or name.endswith(f"_{degradation}") else f"{name}_{degradation}"
+
+
 class SRDataModule(pl.LightningDataModule):
     """DRN data: paired (+ optional unpaired) training patches and whole-image validation sets."""
 
@@ -143,10 +148,12 @@ class SRDataModule(pl.LightningDataModule):
         persistent_workers: bool = True,
         seed: int = 0,
         val_num_workers: int | None = None,
+        global_batch: bool = False,
     ) -> None:
         """Check the options, then build the datasets (which check theirs and read their folders)."""
         super().__init__()
         self.batch_size = integer(batch_size, "batch_size", 1)
+        self.global_batch = bool(global_batch)  # batch_size is split across DDP ranks (the paper's 32 in all)
         self.steps_per_epoch = integer(steps_per_epoch, "steps_per_epoch", 1)
         self.num_workers = integer(num_workers, "num_workers", 0)
         self.val_num_workers = (
@@ -165,9 +172,10 @@ class SRDataModule(pl.LightningDataModule):
             log.info("unpaired data given but unpaired_ratio is 0: it is not used")
         self._train_loader: ResumableLoader | None = None
         self._resume: dict[str, int] | None = None
-        self.val_datasets = {  # an entry set to null is left out
+        built = {
             name: _build(f"val_sets.{name}", ds, scale=scale) for name, ds in (val_sets or {}).items() if ds is not None
         }
+        self.val_datasets = {_named(name, ds): ds for name, ds in built.items()}  # an entry set to null is left out
 
     @property
     def val_set_names(self) -> list[str]:
@@ -195,6 +203,14 @@ class SRDataModule(pl.LightningDataModule):
             options["persistent_workers"] = self.persistent_workers
         return options
 
+    def rank_batch_size(self, world: int) -> int:
+        """Samples per rank per step: `batch_size`, or its share of it with `global_batch`."""
+        if not self.global_batch:
+            return self.batch_size
+        if self.batch_size % world:
+            raise ValueError(f"batch_size={self.batch_size} (global_batch=true) does not split over {world} ranks")
+        return self.batch_size // world
+
     def train_dataloader(self) -> ResumableLoader:
         """Mixed paired/unpaired batches, sharded per rank; crops and flips come from each sample's seed."""
         rank, world = self._rank_and_world()
@@ -202,7 +218,7 @@ class SRDataModule(pl.LightningDataModule):
         sampler = MixedBatchSampler(
             n_paired=len(self.train_dataset),  # type: ignore[arg-type]
             n_unpaired=len(self.unpaired_dataset) if self.unpaired_dataset is not None else 0,  # type: ignore[arg-type]
-            batch_size=self.batch_size,
+            batch_size=self.rank_batch_size(world),
             unpaired_ratio=self.unpaired_ratio,
             num_batches=self.steps_per_epoch,
             num_replicas=world,

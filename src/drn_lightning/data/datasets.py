@@ -17,7 +17,6 @@ Folder arguments take a path, or a callable returning one (the demo photos are w
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
 
 from drn_lightning.checks import integer, one_of
 from drn_lightning.data.io import ON_BAD_FILE_CHOICES, list_images, read_image, read_image_size
@@ -50,7 +49,7 @@ from drn_lightning.data.pyramid import (
     to_tensor,
 )
 
-__all__ = ["BenchmarkDataset", "Folder", "KeyedConcatDataset", "PairedDataset", "UnpairedDataset", "resolve_folder"]
+__all__ = ["BenchmarkDataset", "Folder", "PairedDataset", "UnpairedDataset", "resolve_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -314,20 +313,6 @@ class UnpairedDataset(_PatchDataset):
             "paired": torch.tensor(False),
             "name": self.files[j].name,
         }
-
-
-class KeyedConcatDataset(ConcatDataset[Sample]):
-    """``ConcatDataset`` that also takes ``(index, seed)`` keys, passing the seed on to the part holding ``index``."""
-
-    def __getitem__(self, key: int | SampleKey) -> Sample:
-        index, seed = split_key(key)
-        if seed is None:
-            return super().__getitem__(index)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
-        part = bisect.bisect_right(self.cumulative_sizes, index)
-        offset = self.cumulative_sizes[part - 1] if part else 0
-        return self.datasets[part][(index - offset, seed)]
 
 
 class BenchmarkDataset(Dataset[Sample]):

@@ -84,7 +84,7 @@ def _check_size(path: Path, size: tuple[int, int], limit: int) -> None:
         )
 
 
-def _sixteen_to_eight(values: np.ndarray) -> np.ndarray:
+def sixteen_to_eight(values: np.ndarray) -> np.ndarray:
     """Map 0..65535 onto 0..255 with round(v / 257), so 65535 -> 255 and 257 * k -> k exactly."""
     wide = values.astype(np.uint32)
     return ((wide + 128) // 257).astype(np.uint8)
@@ -96,7 +96,7 @@ def _to_rgb8(img: Image.Image, path: Path) -> np.ndarray:
     if mode == "RGB":
         arr = np.asarray(img, dtype=np.uint8)
     elif mode.startswith("I;16"):
-        grey = _sixteen_to_eight(np.asarray(img).astype(np.uint16))
+        grey = sixteen_to_eight(np.asarray(img).astype(np.uint16))
         arr = np.repeat(grey[..., None], 3, axis=2)
     elif mode == "I":
         raw = np.asarray(img)
@@ -105,7 +105,7 @@ def _to_rgb8(img: Image.Image, path: Path) -> np.ndarray:
                 f"{path}: 32-bit integer image with values outside 0..65535 is not supported; "
                 "allowed: 8-bit or 16-bit greyscale/RGB(A), palette, CMYK"
             )
-        grey = _sixteen_to_eight(raw)
+        grey = sixteen_to_eight(raw)
         arr = np.repeat(grey[..., None], 3, axis=2)
     elif mode == "F":
         raise ImageReadError(

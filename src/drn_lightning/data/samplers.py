@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import ConcatDataset, Sampler
 
 from drn_lightning.checks import fraction, integer
+from drn_lightning.data.pyramid import SampleKey, split_key
 
-__all__ = ["MixedBatchSampler", "sample_seed"]
+__all__ = ["KeyedConcatDataset", "MixedBatchSampler", "sample_seed"]
 
 _PAIRED, _UNPAIRED = 0, 1
 
@@ -175,3 +177,17 @@ class MixedBatchSampler(Sampler[list[Any]]):
         start, self._start = self._start, 0
         for b in range(start, self.num_batches):
             yield batch_of(first + b, self.rank)
+
+
+class KeyedConcatDataset(ConcatDataset[dict[str, Any]]):
+    """``ConcatDataset`` that also takes ``(index, seed)`` keys, passing the seed on to the part holding ``index``."""
+
+    def __getitem__(self, key: int | SampleKey) -> dict[str, Any]:
+        index, seed = split_key(key)
+        if seed is None:
+            return super().__getitem__(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        part = bisect.bisect_right(self.cumulative_sizes, index)
+        offset = self.cumulative_sizes[part - 1] if part else 0
+        return self.datasets[part][(index - offset, seed)]
