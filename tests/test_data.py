@@ -546,3 +546,14 @@ def test_materialize_demo_idempotent(tmp_path: Path) -> None:
     assert materialize_demo(tmp_path / "demo") == dirs
     assert {p: p.stat().st_mtime_ns for p in dirs["train"].iterdir()} == before
     assert not list((tmp_path / "demo").rglob("*.tmp"))
+
+
+def test_a_file_name_that_is_not_utf8_gets_an_lr_cache_entry(tmp_path: Path) -> None:
+    """The LR cache key is made from the path's bytes, so a name that is not valid UTF-8 works (issue 15)."""
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    name = os.fsdecode(b"photo-\xff\xfe.png")  # undecodable bytes, kept as surrogates by Python
+    _png(_crops()["0001"], folder / name)
+    ds = PairedDataset(folder, SCALE, PATCH, lr_cache_dir=tmp_path / "c")
+    assert len(list((tmp_path / "c").iterdir())) == 2  # both LR levels cached
+    assert ds[0]["hr"].shape == (3, PATCH, PATCH)

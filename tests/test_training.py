@@ -179,6 +179,16 @@ def test_a_checkpoint_reloads_as_lightning_users_do(tmp_path: Path, demo_cache: 
         torch.testing.assert_close(reloaded.eval()(lr)[-1], primal.eval()(lr)[-1])
 
 
+def test_ckpt_path_last_without_a_checkpoint_names_the_folder_and_auto_starts_fresh(
+    tmp_path: Path, demo_cache: Path
+) -> None:
+    with pytest.raises(ConfigError, match=rf"ckpt_path=last: no last\*\.ckpt in {tmp_path / 'run' / 'checkpoints'}"):
+        prepare(compose_train([*TINY_TRAIN, "ckpt_path=last"], tmp_path / "run", demo_cache))
+    cfg = compose_train(TINY_TRAIN, tmp_path / "run", demo_cache)
+    prepare(cfg)
+    assert cfg.ckpt_path is None  # `auto` (the default) with nothing to resume: a fresh start
+
+
 def test_cosine_schedule_spans_the_run(tmp_path: Path, demo_cache: Path) -> None:
     cfg = compose_train([*TINY_TRAIN, "trainer.max_steps=5", "trainer.max_epochs=3"], tmp_path, demo_cache)
     datamodule, module, trainer = prepare(cfg)
