@@ -420,7 +420,7 @@ def test_adapt_real_finetunes_pretrained_weights_on_unpaired_real_lr(tmp_path: P
     batch = _fixed_batch(datamodule)
     assert int((~batch["paired"]).sum()) == 3  # rho 0.3 of a batch of 10
     assert {batch["name"][i] for i in range(10) if not batch["paired"][i]} <= {"real_a.jpg", "real_b.png"}
-    batch = module.on_before_batch_transfer(batch, 0)
+    batch = datamodule.on_before_batch_transfer(batch, 0)
     loss = module.training_step(batch, 0)
     assert loss.isfinite()
     # The unpaired samples are trained by the dual loss alone: the step's loss is the masked one.

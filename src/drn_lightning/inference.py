@@ -170,16 +170,12 @@ class Upscaler:
         if scale is not None and model_scale is not None and int(scale) != int(model_scale):
             raise ValueError(f"scale={scale} (--scale) does not match the model, which upscales x{model_scale}")
         self.scale = int(scale if scale is not None else model_scale)  # type: ignore[arg-type]
-        for value, name, minimum in (
-            (tile, "tile", 1),
-            (tile_overlap, "tile_overlap", 0),
-            (tile_passes, "tile_passes", 1),
-        ):
-            if value is not None or name != "tile":
-                try:
-                    integer(value, name, minimum)
-                except ValueError as err:
-                    raise ValueError(f"{err} (--{name.replace('_', '-')})") from None
+        sizes = [(tile_overlap, "tile_overlap", 0), (tile_passes, "tile_passes", 1)]
+        for value, name, minimum in [(tile, "tile", 1), *sizes] if tile is not None else sizes:
+            try:
+                integer(value, name, minimum)
+            except ValueError as err:
+                raise ValueError(f"{err} (--{name.replace('_', '-')})") from None
         self.device = resolve_device(device)
         self.precision = _check_precision(str(precision), self.device)
         self.tile, self.tile_overlap, self.tile_passes = tile, tile_overlap, tile_passes

@@ -121,12 +121,6 @@ class DRNLitModule(pl.LightningModule):
         out = self.primal(lr)
         return list(out) if isinstance(out, list | tuple) else [out]
 
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # Still on the CPU, so reading the mask costs no device sync: a fully paired batch needs no per-sample mask.
-        if isinstance(batch, dict) and isinstance(batch.get("paired"), Tensor) and bool(batch["paired"].all()):
-            batch = {**batch, "paired": None}
-        return batch
-
     def _prepare(self, image: Tensor) -> Tensor:
         return image.contiguous(memory_format=torch.channels_last) if self.use_channels_last else image
 

@@ -266,6 +266,13 @@ class SRDataModule(pl.LightningDataModule):
             for ds in self.val_datasets.values()
         ]
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A fully paired batch drops its `paired` mask, so the loss skips per-sample masking; read here, on the
+        CPU, because on a GPU reading it would cost a device sync every step."""
+        if isinstance(batch, dict) and isinstance(batch.get("paired"), torch.Tensor) and bool(batch["paired"].all()):
+            batch = {**batch, "paired": None}
+        return batch
+
     def test_dataloader(self) -> list[DataLoader[Any]]:
         """Same sets as validation, for ``trainer.test``."""
         return self.val_dataloader()
