@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -14,16 +15,20 @@ import pytorch_lightning as pl
 
 class KillAtStep(pl.Callback):
     """Sends ``signum`` (default SIGKILL) to this process when batch ``step`` starts, i.e. after ``step``
-    optimiser steps have completed (and after every checkpoint saved at those steps)."""
+    optimiser steps have completed (and after every checkpoint saved at those steps). ``group=True`` signals the
+    whole process group instead (every DDP rank at once, as a scheduler does): start the run in a session of its own."""
 
-    def __init__(self, step: int, signum: int = int(signal.SIGKILL)) -> None:
+    def __init__(self, step: int, signum: int = int(signal.SIGKILL), group: bool = False) -> None:
         self.step = int(step)
         self.signum = int(signum)
+        self.group = bool(group)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if trainer.global_step == self.step:
+            if self.group:
+                os.killpg(os.getpgrp(), self.signum)
             os.kill(os.getpid(), self.signum)
 
 
@@ -39,6 +44,20 @@ class StepMarker(pl.Callback):
         self.path.write_text(str(trainer.global_step))
         if self.delay:
             time.sleep(self.delay)
+
+
+class RankMarker(pl.Callback):
+    """Writes ``rank<global rank>.json`` (world size, steps, pid, the data module's unpaired ratio) into the run
+    folder when training ends, so a test can tell which processes trained which job of a sweep."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        facts = {
+            "world_size": trainer.world_size,
+            "global_step": trainer.global_step,
+            "pid": os.getpid(),
+            "unpaired_ratio": getattr(trainer.datamodule, "unpaired_ratio", None),
+        }
+        (Path(trainer.default_root_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(facts))
 
 
 class PoisonBatchAtStep(pl.Callback):

@@ -256,3 +256,99 @@ def test_bad_option_is_a_usage_error(capsys) -> None:
         main(["upscale", "x.png", "-o", "o", "--weights", "w.pt", "--tile", "-3"])
     assert exc.value.code == 2
     assert "--tile" in capsys.readouterr().err
+
+
+# --- issue 15: upscale never eats its input; out-of-memory hints; non-finite weights ----------------
+
+
+@pytest.mark.parametrize("spelling", ["same", "symlink"])
+def test_output_folder_holding_an_input_is_refused_before_anything_is_written(
+    tmp_path: Path, weights, capsys, spelling: str
+) -> None:
+    """`cat.png` and `cat_x2.png` in one folder, `-o` that folder: `cat_x2.png` would be replaced, then upscaled."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    write_image(folder / "cat.png", seed=1)
+    write_image(folder / "cat_x2.png", seed=2)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    out = folder
+    if spelling == "symlink":
+        out = tmp_path / "link"
+        out.symlink_to(folder)
+    code = main(["upscale", str(folder), "-o", str(out), "--weights", str(weights[0])])
+    which = "this input" if spelling == "same" else f"the input {folder / 'cat_x2.png'}"
+    assert code == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: {out / 'cat_x2.png'}: output would overwrite {which}; choose an output folder (-o) without inputs"
+    ]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_existing_outputs_are_skipped_unless_overwrite(tmp_path: Path, weights, capsys) -> None:
+    from drn_lightning.inference import upscale
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    a = write_image(src / "a.png", seed=1)
+    b = write_image(src / "b.png", seed=2)
+    (out / "a_x2.png").write_bytes(b"kept")
+    args = ["upscale", str(src), "-o", str(out), "--weights", str(weights[0])]
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+    assert f"skipped {src / 'a.png'}: {out / 'a_x2.png'} exists (--overwrite replaces it)" in stdout
+    assert f"wrote 1 image to {out}, skipped 1 existing" in stdout
+    assert (out / "a_x2.png").read_bytes() == b"kept"
+    assert np.array_equal(np.asarray(Image.open(out / "b_x2.png")), upscale(b, weights[0], device="cpu"))
+    assert main([*args, "--overwrite"]) == 0
+    assert "wrote 2 images" in capsys.readouterr().out
+    assert np.array_equal(np.asarray(Image.open(out / "a_x2.png")), upscale(a, weights[0], device="cpu"))
+
+
+@pytest.mark.parametrize(
+    ("error", "tile", "hint"),
+    [
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: not enough memory"), 64, "--tile 32"),
+        (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), 9, "--tile 4"),
+        (MemoryError("Unable to allocate 3.00 GiB for an array"), 300, "--tile 150"),
+        (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), None, "--tile 256"),
+    ],
+)
+def test_out_of_memory_names_a_smaller_tile(
+    tmp_path: Path, weights, capsys, monkeypatch, error: BaseException, tile: int | None, hint: str
+) -> None:
+    from drn_lightning.inference import Upscaler
+
+    def out_of_memory(self, lr, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Upscaler, "upscale_tensor", out_of_memory)
+    write_image(tmp_path / "a.png")
+    tiles = ["--tile", str(tile)] if tile else []
+    code = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--weights", str(weights[0]), *tiles])
+    (line,) = error_lines(capsys.readouterr().err)
+    assert code == 1 and str(tmp_path / "a.png") in line and line.endswith(f"{hint})")
+    assert not (tmp_path / "o" / "a_x2.png").exists()
+
+
+@pytest.mark.parametrize(("value", "suffix"), [(float("nan"), ".pt"), (float("inf"), ".ckpt")])
+def test_non_finite_weights_are_refused_naming_the_file(tmp_path: Path, capsys, value: float, suffix: str) -> None:
+    """Before: exit 0 and an all-black image."""
+    from drn_lightning.models import official_to_checkpoint
+
+    torch.manual_seed(0)
+    primal, duals = build_drn("drn_tiny", 2)
+    with torch.no_grad():
+        primal.head.weight[0, 0, 0, 0] = value
+    path = tmp_path / f"diverged{suffix}"
+    if suffix == ".pt":
+        save_official(primal, duals, path)
+    else:
+        official_to_checkpoint(primal, duals, {"variant": "drn_tiny", "scale": 2, "n_feats": 8, "n_blocks": 4}, path)
+    write_image(tmp_path / "a.png")
+    code = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--weights", str(path)])
+    assert code == 1
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: {path}: non-finite weights (NaN or Inf) in ['head.weight']; the weights are unusable"
+    ]
+    assert not (tmp_path / "o" / "a_x2.png").exists()

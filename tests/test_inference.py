@@ -305,3 +305,44 @@ def test_bf16_autocast_runs_on_cpu_and_stays_close(tiny2: nn.Module, rgb_u8: np.
 def test_auto_device_is_cpu_without_cuda(tiny2: nn.Module) -> None:
     up = Upscaler(tiny2, device="auto")
     assert up.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --- issue 15.5: tiles write straight into the uint8 output ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("channels", "tile", "passes", "ensemble"),
+    [(3, 10, 2, False), (3, 10, 1, False), (3, None, 2, False), (1, 9, 2, False), (4, 10, 2, False), (3, 10, 2, True)],
+)
+def test_uint8_results_are_the_rounded_float_output(
+    tiny2: nn.Module, rgb_u8: np.ndarray, channels: int, tile: int | None, passes: int, ensemble: bool
+) -> None:
+    """Rounding each tile as it is written gives exactly what rounding the whole float output gives."""
+    image = {1: rgb_u8[..., 1], 3: rgb_u8, 4: np.dstack([rgb_u8, rgb_u8[..., 2]])}[channels]
+    up = Upscaler(tiny2, device="cpu", tile=tile, tile_passes=passes, self_ensemble=ensemble)
+    rgb = torch.from_numpy(np.atleast_3d(image)[..., :3].copy()).permute(2, 0, 1).float()[None]
+    sr = up.upscale_tensor(rgb.expand(-1, 3, -1, -1) if channels == 1 else rgb)
+    expected = quantise(sr.mean(dim=1, keepdim=True) if channels == 1 else sr)[0].permute(1, 2, 0).numpy()
+    out = up(image)
+    assert out.dtype == np.uint8 and out.shape[:2] == (42, 66)
+    assert np.array_equal(np.atleast_3d(out)[..., :3], expected.astype(np.uint8))
+    if channels == 4:
+        alpha = quantise(imresize(torch.from_numpy(image[..., 3]).float()[None, None], scale=2))[0, 0].numpy()
+        assert np.array_equal(out[..., 3], alpha.astype(np.uint8))
+
+
+def test_tiled_upscale_memory_grows_with_the_uint8_output_not_a_float_one() -> None:
+    """Peak RSS per extra output pixel (two image sizes, fresh processes): ~4 bytes (uint8 RGB out + the float
+    input), where holding the float32 output took ~37."""
+    import sys
+
+    from conftest import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from peak_rss import upscale_peak_rss
+
+    small, big = 256, 768
+    runs = {side: upscale_peak_rss("drn_tiny", 4, size=(side, side), tile=64, tile_passes=1) for side in (small, big)}
+    extra_pixels = (big * 4) ** 2 - (small * 4) ** 2
+    per_pixel = (runs[big].call_bytes - runs[small].call_bytes) / extra_pixels
+    assert per_pixel < 10, f"{per_pixel:.1f} bytes per output pixel"

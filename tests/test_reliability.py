@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import stat
 import struct
@@ -290,13 +291,65 @@ def test_kill_in_a_later_epoch_with_the_default_workers_resumes_exactly(
     assert_same_training_state(load(run_dir / "checkpoints" / "last.ckpt"), reference)
 
 
+def _live_in_group(pgid: int) -> list[int]:
+    """Processes of process group `pgid` still alive (zombies waiting to be reaped do not count)."""
+    alive = []
+    for proc_stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, group = proc_stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except OSError:  # ended while we looked
+            continue
+        if int(group) == pgid and state != "Z":
+            alive.append(int(proc_stat.parent.name))
+    return alive
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2], ids=["SIGTERM", "SIGUSR2"])
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process groups from /proc")
+def test_two_rank_ddp_killed_mid_epoch_resumes_exactly_with_the_same_command(tmp_path: Path, cache: Path) -> None:
+    """Two CPU DDP ranks, both SIGKILLed (the whole process group, as a scheduler does) as step 4 begins, after the
+    step-2 checkpoint: no rank survives, and the same command (ckpt_path=auto) ends with the weights, optimiser and
+    scheduler of an uninterrupted 2-rank run, each rank skipping the batches of its own shard it had drawn."""
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    uninterrupted = train(tmp_path / "reference", cache, *ddp)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    assert "Starting with 2 processes" in uninterrupted.stderr
+    run_dir = tmp_path / "run"
+    killer = ["+callbacks.killer._target_=helpers_reliability.KillAtStep", "+callbacks.killer.step=3"]
+    proc = subprocess.Popen(
+        _train_cmd(run_dir, [*ddp, *killer, "+callbacks.killer.group=true"]),
+        cwd=REPO, env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL, stderr[-3000:]
+    deadline = time.monotonic() + 10  # the orphaned rank is reaped by init shortly after it is killed
+    while _live_in_group(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _live_in_group(proc.pid) == []
+    assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 2
+    resumed = train(run_dir, cache, *ddp)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for rank_log in ("train.log", "train_ddp_process_1.log"):  # each rank's Hydra job log (rank 1's named by Lightning)
+        assert "skipping the 2 batches of epoch 0" in (run_dir / rank_log).read_text(), rank_log
+    assert_same_training_state(
+        load(run_dir / "checkpoints" / "last.ckpt"), load(tmp_path / "reference" / "checkpoints" / "last.ckpt")
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2], ids=["SIGTERM", "SIGUSR1", "SIGUSR2"]
+)
 def test_preemption_signal_saves_a_checkpoint_at_the_current_step_and_the_same_command_resumes(
     tmp_path: Path, cache: Path, reference: dict[str, Any], signum: signal.Signals
 ) -> None:
-    """SIGTERM (SLURM preemption) or SIGUSR2 (submitit, before a time limit): last.ckpt at the step reached, exit
-    143; the SIGUSR2 run is then resumed by the very same command (the default ckpt_path=auto), as a requeued job."""
+    """SIGTERM (SLURM preemption), SIGUSR1 (SLURM's warning signal; outside SLURM it used to kill the run unsaved) or
+    SIGUSR2 (submitit, before a time limit): last.ckpt at the step reached, exit 143; the SIGUSR1/SIGUSR2 runs are
+    then resumed by the very same command (the default ckpt_path=auto), as a requeued job."""
     run_dir, marker = tmp_path / "run", tmp_path / "step"
     proc = subprocess.Popen(
         _train_cmd(
@@ -507,6 +560,7 @@ def test_broken_training_image_stops_the_run_naming_the_file(tmp_path: Path, cac
         f"data.train.hr_dir={hr}",
         "data.train.lr_dir=null",
         f"+data.train.lr_cache_dir={tmp_path / 'lr_cache'}",
+        "data.val_sets.DIV2K_val=null",
         "data.val_sets.Set5=null",
     ]
     result = train(tmp_path / "run", cache, *TINY, *data_overrides, tiny=False)
@@ -675,3 +729,102 @@ def test_full_disk_at_save_gives_a_clear_error_and_no_partial_file(
     with pytest.raises(CheckpointWriteError, match="no file was written"):
         io.save_checkpoint(_checkpoint(tmp_path), new)
     assert ckpt_files(tmp_path) == ["last.ckpt"]
+
+
+# ---------------------------------------------------------------------------------------------- 8. silent corruption
+
+
+def _flip_tensor_bytes(path: Path, count: int = 64) -> None:
+    """XOR `count` bytes in the middle of the largest tensor record of a torch zip file (stored uncompressed);
+    torch.load checks no CRC, so without a digest the file would still load."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        record = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[record.header_offset + 26 : record.header_offset + 30])
+    start = record.header_offset + 30 + name_len + extra_len + (record.file_size - count) // 2
+    data[start : start + count] = bytes(b ^ 0xFF for b in data[start : start + count])
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_in_a_training_checkpoint_are_refused_naming_the_file(tmp_path: Path) -> None:
+    """AtomicCheckpointIO (every training checkpoint) stores a SHA-256 of the tensors and checks it on load."""
+    weights = {"primal.w": torch.randn(64, 64), "primal.b": torch.zeros(64)}
+    moments = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(64, 64)}}, "param_groups": []}
+    state = _checkpoint(tmp_path, state_dict=weights, optimizer_states=[moments])
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint(state, path)
+    loaded = load(path)
+    assert set(loaded) == set(state)  # the digest is checked and dropped, not handed to Lightning
+    assert torch.equal(loaded["state_dict"]["primal.w"], weights["primal.w"])
+    _flip_tensor_bytes(path)
+    assert not torch.equal(torch.load(path, weights_only=True)["state_dict"]["primal.w"], weights["primal.w"])
+    with pytest.raises(CheckpointError, match=r"last\.ckpt: corrupt: its tensors do not match the SHA-256 digest"):
+        load(path)
+
+
+@pytest.mark.parametrize("damaged", ["primal.pt", "dual.pt", "weights.ckpt"])
+def test_flipped_bytes_in_weights_files_are_refused_naming_the_file(tmp_path: Path, damaged: str) -> None:
+    """`drn-sr convert` / `save_official` (the authors' pair) and `official_to_checkpoint` (.ckpt) files."""
+    from drn_lightning.models import build_drn, load_weights, official_to_checkpoint, save_official
+
+    torch.manual_seed(0)
+    primal, duals = build_drn("drn_tiny", 4)
+    save_official(primal, duals, tmp_path / "primal.pt", tmp_path / "dual.pt")
+    info = {"variant": "drn_tiny", "scale": 4, "n_feats": 8, "n_blocks": 4}
+    official_to_checkpoint(primal, duals, info, tmp_path / "weights.ckpt")
+    for name in ("primal.pt", "weights.ckpt"):
+        load_weights(tmp_path / name, tmp_path / "dual.pt" if name == "primal.pt" else None)  # undamaged: loads
+    _flip_tensor_bytes(tmp_path / damaged)
+    first, dual = (tmp_path / "weights.ckpt", None) if damaged == "weights.ckpt" else (tmp_path / "primal.pt", "dual")
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / damaged}: corrupt")):
+        load_weights(first, tmp_path / "dual.pt" if dual else None)
+
+
+def test_authors_files_load_without_a_digest_and_ours_add_no_key(tmp_path: Path) -> None:
+    """The authors' released `.pt` (a plain state dict) has no digest and loads; ours keep the digest in the state
+    dict's `_metadata`, so the authors' `load_state_dict(strict=True)` sees exactly the model's keys."""
+    from drn_lightning.models import build_drn, load_weights, save_official
+    from drn_lightning.models.drn import DRN
+    from drn_lightning.models.official import DIGEST_KEY
+
+    torch.manual_seed(0)
+    primal, _ = build_drn("drn_tiny", 4, dual=False)
+    torch.save(primal.state_dict(), tmp_path / "authors.pt")  # what the authors' code writes
+    loaded, _, info = load_weights(tmp_path / "authors.pt")
+    assert info["variant"] == "drn_tiny" and torch.equal(loaded.head.weight, primal.head.weight)
+    save_official(primal, None, tmp_path / "ours.pt")
+    state = torch.load(tmp_path / "ours.pt", weights_only=True)
+    assert list(state) == list(primal.state_dict()) and DIGEST_KEY in state._metadata
+    DRN(scale=4, n_feats=8, n_blocks=4).load_state_dict(state, strict=True)  # the authors' loader
+
+
+def test_non_finite_weights_are_refused_by_eval(tmp_path: Path) -> None:
+    from conftest import REPO_ROOT, run_module
+    from drn_lightning.models import build_drn, save_official
+
+    primal, _ = build_drn("drn_tiny", 4, dual=False)
+    with torch.no_grad():
+        primal.head.bias[0] = float("nan")
+    save_official(primal, None, tmp_path / "nan.pt")
+    (tmp_path / "bench" / "Photos").mkdir(parents=True)
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "bench" / "Photos" / "grey.png")
+    result = run_module(
+        "drn_lightning.eval",
+        [
+            "model=drn_tiny",
+            "scale=4",
+            f"weights={tmp_path / 'nan.pt'}",
+            f"data.root={tmp_path / 'bench'}",
+            "data.sets=[Photos]",
+            f"results_json={tmp_path / 'out.json'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert error_lines(result.stderr) == [
+        f"error: {tmp_path / 'nan.pt'}: non-finite weights (NaN or Inf) in ['head.bias']; the weights are unusable"
+    ]
+    assert "Traceback" not in result.stderr and not (tmp_path / "out.json").exists()

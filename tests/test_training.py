@@ -189,6 +189,20 @@ def test_ckpt_path_last_without_a_checkpoint_names_the_folder_and_auto_starts_fr
     assert cfg.ckpt_path is None  # `auto` (the default) with nothing to resume: a fresh start
 
 
+def test_ckpt_path_null_refuses_to_overwrite_an_earlier_runs_last_ckpt(tmp_path: Path, demo_cache: Path) -> None:
+    # Lightning turns fit(ckpt_path=None) into "last" when an OnExceptionCheckpoint (our PreemptionCheckpoint) is
+    # there: a "fresh" start would silently resume, or overwrite the earlier run's last.ckpt.
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "last.ckpt").write_bytes(b"an earlier run")
+    with pytest.raises(ConfigError, match=rf"ckpt_path=null: {folder} holds last\.ckpt of an earlier run"):
+        prepare(compose_train([*TINY_TRAIN, "ckpt_path=null"], tmp_path / "run", demo_cache))
+    assert (folder / "last.ckpt").read_bytes() == b"an earlier run"
+    cfg = compose_train([*TINY_TRAIN, "ckpt_path=null"], tmp_path / "fresh", demo_cache)
+    prepare(cfg)
+    assert cfg.ckpt_path is None
+
+
 def test_cosine_schedule_spans_the_run(tmp_path: Path, demo_cache: Path) -> None:
     cfg = compose_train([*TINY_TRAIN, "trainer.max_steps=5", "trainer.max_epochs=3"], tmp_path, demo_cache)
     datamodule, module, trainer = prepare(cfg)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
@@ -111,21 +112,75 @@ class ImageGridLogger(pl.Callback):
                     Image.fromarray(grid).save(folder / f"{name}_step{step:07d}.png")
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint kept inside its own folder, so a crafted checkpoint cannot delete anything else.
+
+    On resume Lightning restores the paths it later removes as "previous" (best, last, top-k) from the file; here
+    any that resolves (symlinks, ``..``) outside ``dirpath`` is dropped with a warning naming the file, and a
+    removal outside ``dirpath``, or of anything but a file, is refused. ``save_on_train_end=False`` skips
+    Lightning's save after the loop has ended (for a periodic last.ckpt next to the main callback's own).
+    """
+
+    def __init__(self, *args: Any, save_on_train_end: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.save_on_train_end = save_on_train_end
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.save_on_train_end:
+            super().on_train_end(trainer, pl_module)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._trainer = trainer  # its ckpt_path names the file whose state load_state_dict receives
+
+    def _inside(self, path: Any) -> bool:
+        """Whether ``path`` is a file path strictly inside this callback's folder, symlinks and ``..`` resolved."""
+        if not isinstance(path, str) or not path or self.dirpath is None:
+            return False
+        folder, target = os.path.realpath(self.dirpath), os.path.realpath(path)
+        return target != folder and os.path.commonpath([folder, target]) == folder
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state, dropped = dict(state_dict), []
+        for key in ("best_model_path", "last_model_path"):
+            if state.get(key) and not self._inside(state[key]):
+                dropped.append(state[key])
+                state[key] = ""
+        top_k = [state.get("kth_best_model_path"), *dict(state.get("best_k_models") or {})]
+        if any(p and not self._inside(p) for p in top_k):  # forget the whole top-k list, never half of it
+            dropped += [p for p in top_k if p and not self._inside(p)]
+            state.update(best_k_models={}, kth_best_model_path="", best_model_score=None)
+            state.pop("kth_value", None)
+        if dropped:
+            source = getattr(getattr(self, "_trainer", None), "ckpt_path", None) or "checkpoint"
+            log.warning("%s: ignored paths outside the checkpoint folder %s: %s", source, self.dirpath, dropped)
+        super().load_state_dict(state)
+
+    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        if self._inside(filepath) and not os.path.isdir(filepath):
+            super()._remove_checkpoint(trainer, filepath)
+        elif trainer.is_global_zero:
+            log.warning("%s: not removed: not a file inside the checkpoint folder %s", filepath, self.dirpath)
+
+
 class PreemptionCheckpoint(OnExceptionCheckpoint):
-    """Lightning's OnExceptionCheckpoint narrowed to preemption: on SIGTERM, or `signals` such as SIGUSR2 (what
-    submitit sends before a SLURM time limit), Lightning stops at the next batch boundary and this writes `last.ckpt`
-    into the ModelCheckpoint's folder, so the same command (`ckpt_path=auto`) resumes at that step.
+    """Lightning's OnExceptionCheckpoint narrowed to preemption: on SIGTERM, or `signals` such as SIGUSR1 (SLURM's
+    warning signal) and SIGUSR2 (what submitit sends before a time limit), Lightning stops at the next batch
+    boundary and this writes `last.ckpt` into the ModelCheckpoint's folder, so the same command (`ckpt_path=auto`)
+    resumes at that step.
 
     Another signal is handled as SIGTERM by Lightning's own handler; a handler it replaced (submitit's requeue) is
-    called once the checkpoint is written. Other exceptions (a NaN loss) save nothing, so a bad state never
-    replaces the last good checkpoint; and the file stays at teardown (the parent class deletes its own).
+    called once the checkpoint is written. Holding SIGUSR1 keeps Lightning's SLURM handler (a checkpoint written
+    mid-step) from being installed; its requeue is called here after the step-boundary save instead. Other
+    exceptions (a NaN loss) save nothing, so a bad state never replaces the last good checkpoint; and the file
+    stays at teardown (the parent class deletes its own).
     """
 
     def __init__(
         self,
         dirpath: str | os.PathLike[str] | None = None,
         filename: str = "last",
-        signals: Sequence[str] = ("SIGUSR2",),
+        signals: Sequence[str] = ("SIGUSR1", "SIGUSR2"),
     ) -> None:
         super().__init__(str(dirpath or ""), filename)
         self.signals = [signal.Signals[name] for name in signals]
@@ -142,30 +197,38 @@ class PreemptionCheckpoint(OnExceptionCheckpoint):
         self.received = signal.Signals(signum)
         signal.raise_signal(signal.SIGTERM)  # Lightning's graceful stop, on every rank
 
-    def _pass_on(self) -> None:
+    def _pass_on(self, trainer: pl.Trainer) -> None:
         previous = self._replaced.get(self.received) if self.received is not None else None
         if callable(previous):
             previous(self.received, None)  # e.g. submitit requeues the job with the same overrides
+            return
+        environment = trainer._accelerator_connector.cluster_environment
+        if (
+            isinstance(environment, SLURMEnvironment)
+            and environment.auto_requeue
+            and self.received == environment.requeue_signal
+        ):  # what Lightning's SLURM handler would have done mid-step: its (now consistent) hpc checkpoint, requeue
+            trainer._signal_connector._slurm_sigusr_handler_fn(self.received, None)  # type: ignore[arg-type]
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return
         model_checkpoint = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)), None)
-        folder = self.dirpath or (model_checkpoint and model_checkpoint.dirpath)
-        target = Path(folder or os.path.join(trainer.default_root_dir, "checkpoints")) / f"{self.filename}.ckpt"
-        if (
-            model_checkpoint is not None
-            and model_checkpoint.dirpath
-            and Path(model_checkpoint.dirpath) == target.parent
-        ):
+        folder = str(
+            self.dirpath
+            or (model_checkpoint and model_checkpoint.dirpath)
+            or os.path.join(trainer.default_root_dir, "checkpoints")
+        )
+        target = os.path.join(folder, f"{self.filename}.ckpt")  # a string: an fsspec URL (s3://...) stays one
+        if model_checkpoint is not None and model_checkpoint.dirpath and str(model_checkpoint.dirpath) == folder:
             # Tell ModelCheckpoint this file is its `last`: after the resume it then overwrites it, instead of
             # keeping it and writing `last-v1.ckpt` next to it.
-            model_checkpoint.last_model_path = str(target)
+            model_checkpoint.last_model_path = target
         trainer.save_checkpoint(target)
         if trainer.is_global_zero:
             name = self.received.name if self.received is not None else "SIGTERM"
             log.warning("%s: saved checkpoint at global step %d to %s", name, trainer.global_step, target)
-        self._pass_on()
+        self._pass_on(trainer)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Keep the checkpoint (OnExceptionCheckpoint removes its file here); put back the replaced handlers."""

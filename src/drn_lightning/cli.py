@@ -10,12 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-from drn_lightning.data.io import MAX_IMAGE_PIXELS
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
@@ -65,139 +62,6 @@ def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
 
 _positive_int = _int_at_least(1, "a positive integer")
 _non_negative_int = _int_at_least(0, "an integer >= 0")
-
-
-# --- upscale --------------------------------------------------------------------------------------
-
-
-def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Expand folders to their image files (sorted, non-recursive); a missing path fails the whole run early."""
-    from drn_lightning.data.io import list_images
-
-    files: list[Path] = []
-    for path in map(Path, inputs):
-        if not path.exists():
-            raise CliError(f"{path}: input does not exist")
-        try:
-            files.extend(list_images(path) if path.is_dir() else [path])
-        except ValueError as err:  # a folder without images
-            raise CliError(str(err)) from None
-    return files
-
-
-def _prepare_output_dir(out: Path) -> None:
-    """Create the output folder and prove it is writable before any model work is spent."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".drn-sr-probe-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except FileExistsError:
-        raise CliError(f"{out}: output path exists and is not a folder (-o)") from None
-    except OSError as err:
-        raise CliError(f"{out}: cannot write to output folder (-o): {err.strerror or err}") from None
-
-
-def _output_names(files: Sequence[Path], scale: int, suffix: str) -> list[str]:
-    """`{stem}_x{scale}{suffix}`; inputs sharing a stem (a.png, a.jpg) keep their extension to stay distinct."""
-    stems: dict[str, int] = {}
-    for path in files:
-        stems[path.stem] = stems.get(path.stem, 0) + 1
-    names, seen = [], set()
-    for path in files:
-        base = path.stem if stems[path.stem] == 1 else f"{path.stem}-{path.suffix.lstrip('.').lower()}"
-        name, k = f"{base}_x{scale}{suffix}", 1
-        while name in seen:  # the same file given twice
-            k += 1
-            name = f"{base}-{k}_x{scale}{suffix}"
-        seen.add(name)
-        names.append(name)
-    return names
-
-
-def _save_image(array: Any, path: Path, fmt: str) -> None:
-    """Write atomically, so an interrupted run leaves no half image."""
-    from PIL import Image
-
-    from drn_lightning.files import atomic_write
-
-    all_options: dict[str, dict[str, Any]] = {"jpg": {"quality": 95}, "webp": {"lossless": True}}
-    options = all_options.get(fmt, {})
-    pil_format = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[fmt]
-    image = Image.fromarray(array)
-    atomic_write(path, lambda handle: image.save(handle, format=pil_format, **options))
-
-
-def _upscale_all(
-    upscaler: Any, files: Sequence[Path], outputs: Sequence[Path], args: argparse.Namespace
-) -> list[tuple[Path, str]]:
-    """Upscale each file into its output, behind a progress bar; a file that fails is listed, the rest go on."""
-    from rich.progress import Progress
-
-    from drn_lightning.data.io import ImageReadError, read_image
-
-    failures: list[tuple[Path, str]] = []
-    bar_console = _console(stderr=True)
-    with Progress(console=bar_console, transient=True, disable=not bar_console.is_terminal) as progress:
-        task = progress.add_task("upscaling", total=len(files))
-        for path, output in zip(files, outputs):
-            progress.update(task, description=f"upscaling {path.name}")
-            try:
-                _save_image(upscaler(read_image(path, max_pixels=args.max_pixels)), output, args.format)
-            except (ImageReadError, OSError) as err:
-                message = _one_line(err)
-                if "decompression bomb" in message:  # point at the CLI option rather than the Python API
-                    message = (
-                        message.split("; raise it with")[0]
-                        + "; raise the limit with --max-pixels N if the file is trusted"
-                    )
-                failures.append((path, message))
-            except (RuntimeError, MemoryError) as err:  # out of memory and similar, per image
-                hint = " (try --tile 256)" if "memory" in str(err).lower() or isinstance(err, MemoryError) else ""
-                failures.append((path, f"{type(err).__name__}: {_one_line(err)}{hint}"))
-            progress.advance(task)
-    return [(p, m if str(p) in m else f"{p}: {m}") for p, m in failures]
-
-
-def _cmd_upscale(args: argparse.Namespace) -> int:
-    files = _collect_inputs(args.inputs)
-    out_dir = Path(args.output)
-    _prepare_output_dir(out_dir)
-
-    from drn_lightning.inference import load_upscaler
-    from drn_lightning.models.official import load_weights
-
-    if args.dual_weights is not None:  # not needed to upscale, but a mismatched pair is worth an early error
-        load_weights(args.weights, args.dual_weights, scale=args.scale)
-    upscaler = load_upscaler(
-        args.weights,
-        device=args.device,
-        precision=args.precision,
-        scale=args.scale,
-        tile=args.tile,
-        tile_overlap=args.tile_overlap,
-        tile_passes=args.tile_passes,
-        self_ensemble=args.self_ensemble,
-    )
-    info = upscaler.info
-    console = _console()
-    console.print(
-        f"{info['variant']} x{info['scale']} from {args.weights} on {upscaler.device} ({upscaler.precision})"
-        + (f", tile {args.tile}+{args.tile_overlap}" if args.tile else "")
-        + (", self-ensemble" if args.self_ensemble else "")
-    )
-    names = _output_names(files, upscaler.scale, OUTPUT_FORMATS[args.format])
-    failures = _upscale_all(upscaler, files, [out_dir / name for name in names], args)
-    done = len(files) - len(failures)
-    if not failures:
-        console.print(f"wrote {done} image{'s' if done != 1 else ''} to {out_dir}")
-        return EXIT_OK
-    if len(files) == 1:
-        raise CliError(failures[0][1])
-    lines = [f"error: {len(failures)} of {len(files)} images failed (wrote {done} to {out_dir}):"]
-    lines += [f"  {message}" for _, message in failures]
-    sys.stderr.write("\n".join(lines) + "\n")
-    return EXIT_FAILED
 
 
 # --- export / convert / info ----------------------------------------------------------------------
@@ -270,59 +134,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 # --- parser and entry point -----------------------------------------------------------------------
 
 
-def _add_upscale(sub: Any, model_options: argparse.ArgumentParser) -> None:
-    from drn_lightning.ops.tiling import DEFAULT_TILE_OVERLAP
-
-    up = sub.add_parser(
-        "upscale",
-        parents=[model_options],
-        help="upscale image files and folders",
-        description="Upscale images; writes {stem}_x{scale}.{format}.",
-    )
-    add = up.add_argument
-    add("inputs", nargs="+", metavar="INPUT", help="image files (PNG, JPEG, WebP, ...) or folders of them")
-    add("-o", "--output", required=True, metavar="OUT", help="output folder (created if missing)")
-    add("--dual-weights", metavar="FILE", help="authors' dual .pt; only checked against --weights")
-    add("--tile", type=_positive_int, metavar="N", help="process N x N LR tiles to bound memory (default: whole image)")
-    add(
-        "--tile-overlap",
-        type=_non_negative_int,
-        default=DEFAULT_TILE_OVERLAP,
-        metavar="M",
-        help="LR pixels of context around each tile (default: %(default)s)",
-    )
-    add(
-        "--tile-passes",
-        type=_positive_int,
-        default=2,
-        metavar="K",
-        help="passes sharing channel-attention statistics across tiles; 1 is fastest, 2 (default) matches "
-        "whole-image output closely",
-    )
-    add("--self-ensemble", action="store_true", help="average the 8 flips/transposes (8x slower, slightly higher PSNR)")
-    add("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N] (default: auto)")
-    add(
-        "--precision",
-        default="fp32",
-        choices=("fp32", "bf16", "fp16"),
-        help="autocast precision; fp16 needs CUDA (default: fp32)",
-    )
-    add(
-        "--format",
-        default="png",
-        choices=tuple(OUTPUT_FORMATS),
-        help="output format (default: png; webp is lossless, jpg quality 95)",
-    )
-    add(
-        "--max-pixels",
-        type=_positive_int,
-        default=MAX_IMAGE_PIXELS,
-        metavar="N",
-        help="refuse input images with more pixels, e.g. decompression bombs (default: %(default)s)",
-    )
-    up.set_defaults(handler=_cmd_upscale)
-
-
 def _add_file_commands(sub: Any, model_options: argparse.ArgumentParser) -> None:
     ex = sub.add_parser("export", parents=[model_options], help="export the primal network to ONNX or TorchScript")
     ex.add_argument("--format", required=True, choices=("onnx", "torchscript"))
@@ -367,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_options.add_argument(
         "--scale", type=int, choices=SUPPORTED_SCALES, help="fail unless the weights upscale by this factor"
     )
-    _add_upscale(sub, model_options)
+    from drn_lightning.cli_upscale import add_upscale  # imports this module: not at the top
+
+    add_upscale(sub, model_options)
     _add_file_commands(sub, model_options)
     return parser
 
@@ -396,4 +209,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    from drn_lightning.cli import main as package_main  # the package's module, whose CliError cli_upscale raises
+
+    sys.exit(package_main())

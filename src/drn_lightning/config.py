@@ -9,11 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
+from fsspec.utils import get_protocol
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
+from drn_lightning.files import is_remote
 from drn_lightning.models.drn import SUPPORTED_SCALES
 from drn_lightning.models.official import CheckpointError, safe_load
 
@@ -24,6 +27,12 @@ CKPT_PATH_WORDS = ("auto", "last", "hpc")  # checkpoints found in the run folder
 DF2K_LAYOUT = (
     "lay DF2K out under paths.data_dir as DF2K/DF2K_train_HR/0001.png and DF2K/DF2K_train_LR_bicubic/X4/0001x4.png "
     "(X2, X8 alike), or give data.train.hr_dir=<HR folder> data.train.lr_dir=null (LR made with MATLAB bicubic)"
+)
+
+
+DIV2K_VAL_LAYOUT = (
+    "put DIV2K's validation images under paths.data_dir as DIV2K/DIV2K_valid_HR/0801.png ... 0810.png (the hold-out "
+    "that selects checkpoints), or leave it out with ~data.val_sets.DIV2K_val"
 )
 
 
@@ -101,14 +110,22 @@ def _validate(cfg: DictConfig) -> None:
     for key, value in _leaves(cfg.data, "data"):
         if key.rsplit(".", 1)[-1] in INPUT_PATH_KEYS and value not in (None, ""):
             hint = f"; {DF2K_LAYOUT}" if key.startswith("data.train.") and "DF2K" in str(value) else ""
+            hint = f"; {DIV2K_VAL_LAYOUT}" if key.startswith("data.val_sets.") and "DIV2K" in str(value) else hint
             _require(Path(str(value)).exists(), f"{key}={value!r}: path does not exist{hint}")
     check_torch_files(cfg)
     check_output_dirs(cfg)
 
 
-def _unwritable_reason(path: Path) -> str | None:
-    """Why files cannot be created under ``path`` (None if they can), from its nearest existing ancestor."""
-    probe = path.expanduser().absolute()
+def _unwritable_reason(value: str) -> str | None:
+    """Why files cannot be created under ``value`` (None if they can), from its nearest existing ancestor; for an
+    fsspec URL (s3://...) only whether its filesystem is installed (the first write tells the rest)."""
+    if is_remote(value):
+        try:
+            fsspec.get_filesystem_class(get_protocol(value))
+        except (ImportError, ValueError) as err:
+            return str(err)
+        return None
+    probe = Path(value).expanduser().absolute()
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if not probe.is_dir():
@@ -124,7 +141,7 @@ def check_output_dirs(cfg: DictConfig) -> None:
     for group in ("paths", "trainer", "callbacks", "logger"):
         for key, value in _leaves(cfg.get(group), group):
             if key.rsplit(".", 1)[-1] in OUTPUT_DIR_KEYS and value not in (None, ""):
-                reason = _unwritable_reason(Path(str(value)))
+                reason = _unwritable_reason(str(value))
                 _require(reason is None, f"{key}={str(value)!r}: cannot write there: {reason}")
 
 
@@ -135,11 +152,17 @@ def check_torch_files(cfg: DictConfig) -> None:
         value = cfg.get(key)
         if value is None or value in CKPT_PATH_WORDS:
             continue
-        _require(Path(str(value)).is_file(), f"{key}={value!r}: file not found")
         try:
-            safe_load(str(value))
+            loaded = safe_load(str(value))  # a local file or an fsspec URL
+        except FileNotFoundError:
+            raise ConfigError(f"{key}={value!r}: file not found") from None
         except CheckpointError as err:
             raise ConfigError(f"{key}: {err}") from None
+        if key == "ckpt_path" and not (isinstance(loaded, dict) and "pytorch-lightning_version" in loaded):
+            raise ConfigError(
+                f"ckpt_path={value!r}: weights only, no training state to resume (a `drn-sr convert` or exported "
+                f"file?); to start from these weights use weights={value} instead"
+            )
 
 
 def _as_typed(cfg: DictConfig, node: str, message: str) -> str:
@@ -169,3 +192,20 @@ def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
             raise cause or err from None  # unreadable data, a bad checkpoint, ...: the run's failure path
         where = re.search(r"full_key: (\S+)", str(err))
         raise ConfigError(_as_typed(cfg, where[1] if where else key, str(cause))) from None
+
+
+def check_monitors(cfg: DictConfig, model: Any, datamodule: Any) -> None:
+    """A callback's `monitor` must be a metric DRNLitModule logs, so a typo fails now, not after the first epoch."""
+    from drn_lightning.lit_module import DRNLitModule
+
+    if type(model) is not DRNLitModule:  # another module logs other names
+        return
+    sets = getattr(datamodule, "val_set_names", None) or ["val"]
+    logged = {"val/psnr", "train/loss", "train/primal", "train/dual", "epoch", "step"}
+    logged |= {f"val/{name}/{metric}" for name in sets for metric in ("psnr", "ssim", "psnr_bicubic")}
+    for key, node in (cfg.get("callbacks") or {}).items():
+        monitor = node.get("monitor") if isinstance(node, DictConfig) else None
+        if monitor is not None and monitor not in logged:
+            raise ConfigError(
+                f"callbacks.{key}.monitor={monitor!r} is not a metric this run logs; allowed: {', '.join(sorted(logged))}"
+            )

@@ -23,6 +23,7 @@ from rich.table import Table
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from drn_lightning.config import _unwritable_reason
 from drn_lightning.files import write_json
 from drn_lightning.metrics import PSNRY, SSIMY
 from drn_lightning.ops.imresize import imresize
@@ -139,6 +140,7 @@ def final_evaluation(
 def load_primal(cfg: DictConfig) -> nn.Module | None:
     """The network named by `model=` and `weights=`; None for `model=bicubic`."""
     from drn_lightning.models import load_weights
+    from drn_lightning.models.official import check_finite
 
     if cfg.model.get("net") is None:
         if cfg.get("weights"):
@@ -151,6 +153,7 @@ def load_primal(cfg: DictConfig) -> nn.Module | None:
         variant if cfg.model.net.get("n_feats") is None and cfg.model.net.get("n_blocks") is None else None
     )
     primal, _, _ = load_weights(cfg.weights, cfg.get("dual_weights"), variant=expected_variant, scale=cfg.scale)
+    check_finite(primal, cfg.weights)  # NaN/Inf weights would score as black images instead of failing
     return primal.eval()
 
 
@@ -160,6 +163,10 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     from drn_lightning.models import check_scale
 
     scale = check_scale(int(cfg.scale))
+    out = str(cfg.results_json)
+    reason = f"{out} is a folder" if os.path.isdir(out) else _unwritable_reason(os.path.dirname(out) or ".")
+    if reason is not None:  # known now, not after the whole evaluation
+        raise ValueError(f"results_json={out!r}: cannot write there: {reason}")
     device = resolve_device(str(cfg.device))
     degradation = str(cfg.data.get("degradation") or "bicubic")
     try:

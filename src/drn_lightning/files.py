@@ -9,7 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_json"]
+from fsspec.utils import get_protocol
+
+__all__ = ["atomic_write", "is_remote", "write_json"]
 
 
 def _umask_file_mode() -> int:
@@ -56,6 +58,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def is_remote(path: str | os.PathLike[str]) -> bool:
+    """An fsspec URL such as s3://, gs:// or memory://: read and written through fsspec, never as a local folder."""
+    return get_protocol(os.fspath(path)) not in ("file", "local")
 
 
 def write_json(data: Any, path: str | os.PathLike[str]) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
 
@@ -20,8 +21,8 @@ from torch import Tensor, nn
 from drn_lightning.checks import integer
 from drn_lightning.data.io import sixteen_to_eight
 from drn_lightning.models.drn import ChannelAttention
-from drn_lightning.models.official import load_weights
-from drn_lightning.ops.tiling import DEFAULT_TILE_OVERLAP, TileBox, self_ensemble_forward, tiled_forward
+from drn_lightning.models.official import check_finite, load_weights
+from drn_lightning.ops.tiling import DEFAULT_TILE_OVERLAP, SharedChannelStats, self_ensemble_forward, tiled_forward
 
 __all__ = [
     "DEFAULT_TILE_OVERLAP",
@@ -74,68 +75,6 @@ def _check_precision(precision: str, device: torch.device) -> str:
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("precision='bf16' (--precision bf16) is not supported by this GPU; use fp16 or fp32")
     return precision
-
-
-class SharedChannelStats:
-    """Share channel-attention means across tiles so a tile's RCAB gates match the whole image's.
-
-    While active, every `ChannelAttention` input is summed over the tile's kept core (the cores
-    partition the image, so the sums add up to the image-wide sum). After `end_pass`, later
-    passes gate with those image-wide means instead of the tile's own mean.
-    """
-
-    def __init__(self, model: nn.Module, height: int, width: int) -> None:
-        self.layers = [m for m in model.modules() if isinstance(m, ChannelAttention)]
-        self.height, self.width = height, width
-        self.box: TileBox | None = None
-        self._sums: dict[int, Tensor] = {}
-        self._ratios: dict[int, int] = {}
-        self._means: dict[int, Tensor] | None = None
-        self._handles: list[Any] = []
-
-    def __enter__(self) -> SharedChannelStats:
-        self._handles = [m.register_forward_hook(partial(self._hook, i)) for i, m in enumerate(self.layers)]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def on_tile(self, box: TileBox) -> None:
-        """Remember which LR region the next model call covers (passed to `tiled_forward`)."""
-        self.box = box
-
-    def start_pass(self) -> None:
-        """Reset the sums collected by the previous pass."""
-        self._sums, self._ratios = {}, {}
-
-    def end_pass(self) -> None:
-        """Turn this pass's summed cores into image-wide means for the next pass."""
-        means = {}
-        for idx, total in self._sums.items():
-            ratio = self._ratios[idx]
-            means[idx] = (total / (self.height * ratio * self.width * ratio)).float()[..., None, None]
-        self._means = means
-
-    def _hook(self, idx: int, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
-        assert self.box is not None, "SharedChannelStats.on_tile must be called before each tile"
-        x = args[0]
-        crop_h, crop_w = self.box.crop_size
-        ratio = x.shape[-2] // crop_h
-        if ratio < 1 or x.shape[-2] != crop_h * ratio or x.shape[-1] != crop_w * ratio:
-            raise RuntimeError(
-                f"channel-attention input {tuple(x.shape)} is not an integer multiple of the LR tile {crop_h}x{crop_w}"
-            )
-        top, bottom, left, right = self.box.core_in_crop
-        core = x[..., top * ratio : bottom * ratio, left * ratio : right * ratio]
-        part = core.sum(dim=(2, 3), dtype=torch.float64)
-        self._sums[idx] = part if idx not in self._sums else self._sums[idx] + part
-        self._ratios[idx] = ratio
-        if self._means is None:
-            return None
-        gate = module.conv_du(self._means[idx].to(device=x.device, dtype=x.dtype))  # type: ignore[operator]
-        return x * gate
 
 
 def _final_output(out: Any) -> Tensor:
@@ -197,27 +136,38 @@ class Upscaler:
             sr = _final_output(self.model(x))
         return sr.float().to(out_device).contiguous()
 
-    def _tiled(self, lr: Tensor) -> Tensor:
+    def _tiled(
+        self, lr: Tensor, out: Tensor | None = None, convert: Callable[[Tensor], Tensor] | None = None
+    ) -> Tensor:
         run = partial(self._run, out_device=lr.device)
         height, width = int(lr.shape[-2]), int(lr.shape[-1])
         tiling = self.tile is not None and (self.tile < height or self.tile < width)
+        tiles = partial(tiled_forward, run, lr, self.scale, self.tile, self.tile_overlap, out=out, convert=convert)
         if not tiling or not self._has_attention or self.tile_passes == 1:
-            return tiled_forward(run, lr, self.scale, self.tile, self.tile_overlap)
+            return tiles()
         with SharedChannelStats(self.model, height, width) as stats:
             for _ in range(self.tile_passes):
                 stats.start_pass()
-                out = tiled_forward(run, lr, self.scale, self.tile, self.tile_overlap, on_tile=stats.on_tile)
+                result = tiles(on_tile=stats.on_tile)
                 stats.end_pass()
-        return out
+        return result
 
     @torch.inference_mode()
-    def upscale_tensor(self, lr: Tensor) -> Tensor:
-        """(N, 3, H, W) float 0-255 -> (N, 3, H*s, W*s) float32 0-255, unclamped, on the input's device."""
+    def upscale_tensor(
+        self, lr: Tensor, *, out: Tensor | None = None, convert: Callable[[Tensor], Tensor] | None = None
+    ) -> Tensor:
+        """(N, 3, H, W) float 0-255 -> (N, 3, H*s, W*s) float32 0-255, unclamped, on the input's device.
+
+        With `out` (preallocated, any dtype, e.g. uint8) each tile goes through `convert` into `out`, which is
+        returned: memory then holds one tile's float output, not the image's (self-ensemble still averages
+        whole float outputs).
+        """
         if lr.dim() != 4 or lr.shape[1] != 3:
             raise ValueError(f"expected an (N, 3, H, W) batch, got {tuple(lr.shape)}")
-        if self.self_ensemble:
-            return self_ensemble_forward(self._tiled, lr)
-        return self._tiled(lr)
+        if not self.self_ensemble:
+            return self._tiled(lr, out, convert)
+        sr = self_ensemble_forward(self._tiled, lr)
+        return sr if out is None else out.copy_(sr if convert is None else convert(sr))
 
     def __call__(self, image: Any) -> Any:
         """Super-resolve a PIL image, an HxW[xC] uint8 array or a (C,H,W)/(N,C,H,W) tensor; returns the same kind."""
@@ -260,6 +210,20 @@ def _upscale_chw(up: Upscaler, batch: Tensor) -> Tensor:
     return _restore_channels(sr, batch, channels, up.scale)
 
 
+def _upscale_into_uint8(up: Upscaler, batch: Tensor, out: Tensor) -> Tensor:
+    """Float (N, C, H, W) 0-255 -> `out`, uint8 (N, C, H*s, W*s) of any strides, rounded tile by tile (bounded memory)."""
+    rgb, channels = _as_rgb_batch(batch, "image")
+    if channels == 1:  # grey: the mean of the three output channels, as `_restore_channels`
+        up.upscale_tensor(rgb, out=out, convert=lambda sr: _to_uint8(sr.mean(dim=1, keepdim=True)))
+        return out
+    up.upscale_tensor(rgb, out=out[:, :3], convert=_to_uint8)
+    if channels == 4:
+        from drn_lightning.ops.imresize import imresize
+
+        out[:, 3:] = _to_uint8(imresize(batch[:, 3:4].to(out.device, torch.float32), scale=up.scale))
+    return out
+
+
 def _dispatch(up: Upscaler, image: Any) -> Any:
     if _PILImage is not None and isinstance(image, _PILImage.Image):
         return _upscale_pil(up, image)
@@ -284,8 +248,10 @@ def _upscale_numpy(up: Upscaler, array: np.ndarray) -> np.ndarray:
     if not (array.flags.writeable and array.flags.c_contiguous):
         array = np.array(array, order="C")  # PIL-backed arrays are read-only; torch wants writable memory
     chw = torch.from_numpy(array).permute(2, 0, 1)[None].float()
-    out = _to_uint8(_upscale_chw(up, chw))[0].permute(1, 2, 0).numpy()
-    return np.ascontiguousarray(out[..., 0] if was_2d else out)
+    height, width, channels = array.shape
+    out = np.empty((height * up.scale, width * up.scale, channels), dtype=np.uint8)
+    _upscale_into_uint8(up, chw, torch.from_numpy(out).permute(2, 0, 1)[None])
+    return np.ascontiguousarray(out[..., 0]) if was_2d else out
 
 
 def _upscale_pil(up: Upscaler, image: Any) -> Any:
@@ -308,7 +274,9 @@ def _upscale_torch(up: Upscaler, tensor: Tensor) -> Tensor:
         raise ValueError(f"tensor images must be (C, H, W) or (N, C, H, W), got shape {tuple(tensor.shape)}")
     batch = tensor[None] if single else tensor
     if tensor.dtype == torch.uint8:
-        out: Tensor = _to_uint8(_upscale_chw(up, batch.float()))
+        n, channels, height, width = batch.shape
+        out: Tensor = batch.new_empty((n, channels, height * up.scale, width * up.scale))
+        _upscale_into_uint8(up, batch.float(), out)
     elif tensor.is_floating_point():
         out = _upscale_chw(up, batch.float()).to(tensor.dtype)
     else:
@@ -334,9 +302,11 @@ def load_upscaler(
 ) -> Upscaler:
     """Build an `Upscaler` from the authors' `.pt` or our `.ckpt`; variant and scale come from the tensors.
 
-    `scale` asserts the expected factor, so x8 weights given for a x4 job fail with both named.
+    `scale` asserts the expected factor, so x8 weights given for a x4 job fail with both named; NaN/Inf weights
+    (which would give black images) raise `CheckpointError` naming the file.
     """
     primal, _, info = load_weights(weights, scale=scale)
+    check_finite(primal, weights)
     info = {**info, "weights": str(weights)}
     return Upscaler(
         primal,

@@ -5,7 +5,8 @@
   truncated ``*.ckpt``; every checkpoint is read back with ``torch.load(weights_only=True)``, so a file
   whose unpickling would run code is refused before anything in it executes.
 * Mid-epoch resume is Lightning's own: the train loader (``data.ResumableLoader``) saves and restores its place.
-* ``callbacks.PreemptionCheckpoint``: on SIGTERM, ``last.ckpt`` at the current step.
+* ``callbacks.PreemptionCheckpoint``: on SIGTERM, SIGUSR1 or SIGUSR2, ``last.ckpt`` at the current step.
+* :func:`run_lock`: one training per run folder.
 * :func:`failure_message` / :data:`RUN_FAILURES`: the errors a run stops on by design, turned into one
   ``error:`` line by the entry point.
 """
@@ -19,18 +20,22 @@ import os
 import shutil
 import signal
 from collections import OrderedDict, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from drn_lightning.config import ConfigError
 from drn_lightning.data.io import ImageReadError
-from drn_lightning.files import atomic_write
+from drn_lightning.files import atomic_write, is_remote
 from drn_lightning.lit_module import NonFiniteLossError
-from drn_lightning.models.official import CheckpointError, safe_load
+from drn_lightning.models.official import CheckpointError, safe_load, with_digest
 
 __all__ = [
     "RUN_FAILURES",
@@ -38,6 +43,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "CheckpointWriteError",
     "failure_message",
+    "run_lock",
     "to_plain",
 ]
 
@@ -83,7 +89,9 @@ def to_plain(obj: Any) -> Any:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write-then-rename: a kill mid-write leaves the previous `last.ckpt` intact, never a truncated one.
 
-    Writing: ``files.atomic_write`` (hidden ``.<name>.<random>.tmp`` in the target folder, fsync, rename, fsync
+    Writing: an fsspec URL (``s3://``, ``gs://``, ``memory://``) goes through Lightning's own fsspec writer, which
+    writes each checkpoint as one whole object (atomic on object stores); a local path through
+    ``files.atomic_write`` (hidden ``.<name>.<random>.tmp`` in the target folder, fsync, rename, fsync
     of the folder). A failure (``ENOSPC``, ``EACCES``, ...) removes the temporary file and raises
     :class:`CheckpointWriteError` naming the file and the reason. A SIGKILL mid-write can leave only a
     hidden ``*.tmp`` file (never matched by ``ckpt_path=last``); the next successful write of the same
@@ -91,7 +99,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Reading: always ``weights_only=True`` (Lightning would otherwise follow torch's default or the
     ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` environment variable); a refused, empty, truncated or corrupt
-    file raises :class:`~drn_lightning.models.official.CheckpointError` naming the file.
+    file raises :class:`~drn_lightning.models.official.CheckpointError` naming the file. Each checkpoint
+    carries a SHA-256 of its tensors (``official.with_digest``), so flipped bytes, which ``torch.load``
+    does not notice, are caught too.
     """
 
     def save_checkpoint(
@@ -99,14 +109,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        plain = with_digest(to_plain(checkpoint))  # SHA-256 of its tensors, checked when read back (safe_load)
+        if is_remote(path):  # Lightning's fsspec writer: one whole object per write (atomic on object stores)
+            try:
+                super().save_checkpoint(plain, os.fspath(path))
+            except OSError as err:
+                raise CheckpointWriteError(f"{path}: cannot write checkpoint ({err.strerror or err})") from err
+            return
         path = Path(path)
-        plain = to_plain(checkpoint)
         try:
             atomic_write(path, lambda handle: torch.save(plain, handle))
-        except OSError as err:
-            failure = CheckpointWriteError(_write_failure(path, err))
-            failure.errno = err.errno
-            raise failure from err
+        except (OSError, RuntimeError) as err:
+            # torch's zip writer, closing after a failed write, raises "unexpected pos" with the OSError as context
+            cause = next((e for e in (err, err.__context__, err.__cause__) if isinstance(e, OSError)), None)
+            if cause is None:
+                raise
+            failure = CheckpointWriteError(_write_failure(path, cause))
+            failure.errno = cause.errno
+            raise failure from cause
         _remove_stale_temporaries(path)
 
     def load_checkpoint(
@@ -164,4 +184,31 @@ def failure_message(err: BaseException, run_dir: str | os.PathLike[str] | None =
     if isinstance(err, SIGTERMException):
         where = f" hydra.run.dir={run_dir}" if run_dir is not None else ""
         return (f"stopped by SIGTERM (preemption); resume with ckpt_path=last{where}", SIGTERM_EXIT_CODE)
-    return str(err), 1
+    message = str(err)
+    if message.startswith("Caught ") and "Original Traceback" in message:  # re-raised from a DataLoader worker
+        last = message.strip().splitlines()[-1]
+        message = last.split(": ", 1)[1] if last.startswith(f"{type(err).__module__}.{type(err).__name__}: ") else last
+    return message, 1
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """One training per run folder: the lock is held until the process ends (even killed), so a second training
+    started in the same folder is refused before it touches checkpoints or logs. Only the launching process
+    (global rank 0) takes it; the ranks Lightning's DDP launcher starts run in the same folder unrefused."""
+    if rank_zero_only.rank != 0:  # type: ignore[attr-defined]
+        yield
+        return
+    path = Path(run_dir) / ".train.lock"
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ConfigError(
+            f"hydra.run.dir={run_dir}: another training is running in this folder (it holds {path}); "
+            "wait for it to end or give another hydra.run.dir"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

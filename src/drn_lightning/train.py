@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, cast
 
 import hydra
 import pytorch_lightning as pl
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from drn_lightning.config import ConfigError, build, validate_train_config
-from drn_lightning.reliability import RUN_FAILURES, AtomicCheckpointIO, failure_message
+from drn_lightning.config import ConfigError, build, check_monitors, validate_train_config
+from drn_lightning.launch import configure_wandb, resume_from, sweep_job_ranks
+from drn_lightning.reliability import RUN_FAILURES, AtomicCheckpointIO, failure_message, run_lock
 from drn_lightning.runtime import apply_process_settings
 
 
@@ -44,11 +44,7 @@ def prepare(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
             model.load_pretrained(cfg.weights, cfg.get("dual_weights"), bool(cfg.get("allow_random_duals")))
         except ValueError as err:
             raise ConfigError(f"weights: {err}") from None
-    if cfg.get("logger") and cfg.logger.get("wandb") and cfg.logger.wandb.get("group") is None:
-        hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-        if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN:  # the jobs of one sweep share a group
-            with open_dict(cfg):
-                cfg.logger.wandb.group = str(hydra_cfg.sweep.dir)
+    configure_wandb(cfg)
     callbacks = _group(cfg, "callbacks")
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
@@ -56,20 +52,9 @@ def prepare(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
     trainer = build(cfg, "trainer", logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     with open_dict(cfg):
         cfg.ckpt_path = resume_from(cfg.get("ckpt_path"), trainer)
-    return build(cfg, "data"), model, trainer
-
-
-def resume_from(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
-    """`auto`: the run folder's newest last*.ckpt if any (a requeued job resumes), else a fresh start; `last`: that
-    file or an error naming the folder; anything else as given."""
-    if ckpt_path not in ("auto", "last"):
-        return ckpt_path
-    callback = trainer.checkpoint_callback
-    folder = Path(getattr(callback, "dirpath", None) or Path(trainer.default_root_dir) / "checkpoints")
-    found = max(folder.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime, default=None)
-    if found is None and ckpt_path == "last":
-        raise ConfigError(f"ckpt_path=last: no last*.ckpt in {folder} to resume from (ckpt_path=auto starts fresh)")
-    return None if found is None else str(found)
+    datamodule = build(cfg, "data")
+    check_monitors(cfg, model, datamodule)
+    return datamodule, model, trainer
 
 
 def train(cfg: DictConfig, datamodule: Any, model: pl.LightningModule, trainer: pl.Trainer) -> dict[str, Any]:
@@ -84,7 +69,10 @@ def train(cfg: DictConfig, datamodule: Any, model: pl.LightningModule, trainer: 
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    with sweep_job_ranks(trainer), warnings.catch_warnings():
+        # resume_from found nothing to resume; Lightning looks again (for its OnExceptionCheckpoint) and says so twice
+        warnings.filterwarnings("ignore", message=r'`?\.fit\(ckpt_path=(None\)|"last"\) is set, but there is no)')
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     elapsed = time.perf_counter() - started
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if not trainer.is_global_zero:
@@ -121,7 +109,8 @@ def train(cfg: DictConfig, datamodule: Any, model: pl.LightningModule, trainer: 
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point: a bad option prints one line naming it (exit 2); an expected failure one line (exit 1)."""
     try:
-        metrics = train(cfg, *prepare(cfg))
+        with run_lock(cfg.paths.output_dir):
+            metrics = train(cfg, *prepare(cfg))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -335,8 +335,10 @@ class BenchmarkDataset(Dataset[Sample]):
         cache_in_memory: bool = True,
         on_bad_file: str = "raise",
         max_pixels: int | None = None,
+        images: list[str] | None = None,
     ) -> None:
-        """Find the HR (and LR) files of the set and validate their sizes."""
+        """Find the HR (and LR) files of the set and validate their sizes; `images` (file names or stems, e.g.
+        DIV2K's "0801".."0810") keeps those alone, in that order."""
         from drn_lightning.ops.degrade import DEGRADATIONS
 
         self.factors = pyramid_factors(scale)
@@ -355,8 +357,15 @@ class BenchmarkDataset(Dataset[Sample]):
             return [c if c is not None and c.is_file() else None for c in div2k_lr_paths(lr_root, p, self.factors)]
 
         cache_dir = Path(lr_cache_dir).expanduser() if lr_cache_dir else default_lr_cache_dir(hr_folder)
+        files = list_images(hr_folder)
+        if images is not None:
+            by_name = {p.stem: p for p in files} | {p.name: p for p in files}
+            missing = [str(name) for name in images if str(name) not in by_name]
+            if missing:
+                raise FileNotFoundError(f"images: {missing[:5]} not in {hr_folder}")
+            files = [by_name[str(name)] for name in images]
         self._images = PyramidImages(
-            list_images(hr_folder),
+            files,
             lookup,
             self.scale,
             self.scale,

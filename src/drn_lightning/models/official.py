@@ -6,16 +6,19 @@ before anything in it executes. Variant and scale are inferred from tensor shape
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from fsspec.core import url_to_fs
 from torch import Tensor, nn
 
-from drn_lightning.files import atomic_write
+from drn_lightning.files import atomic_write, is_remote
 from drn_lightning.models.drn import DRN, SUPPORTED_SCALES, build_duals, check_scale
 
 # The paper's sizes (n_feats, n_blocks) per variant and scale; `drn_tiny` is our small CPU demo model.
@@ -26,6 +29,10 @@ VARIANTS: dict[str, dict[int, tuple[int, int]]] = {
 }
 PRIMAL_PREFIX = "primal."
 DUALS_PREFIX = "duals."
+# Where our files keep the SHA-256 of their tensors: a top-level key of our Lightning-style checkpoints, and an
+# entry of a state dict's `_metadata` in the authors' format (`load_state_dict` reads `_metadata` by module
+# prefix only, so the authors' strict loader sees exactly the keys it expects).
+DIGEST_KEY = "drn_lightning_digest"
 
 
 class CheckpointError(ValueError):
@@ -85,16 +92,75 @@ def describe(info: Mapping[str, Any]) -> str:
     return f"{info['variant']} x{info['scale']} (n_feats={info['n_feats']}, n_blocks={info['n_blocks']})"
 
 
+def tensor_digest(obj: Any) -> str:
+    """SHA-256 over the path, dtype, shape and bytes of every tensor in `obj` (sorted by path; a top-level
+    DIGEST_KEY is left out): torch.load checks no zip CRC, so this is what catches a flipped byte."""
+    found: list[tuple[str, Tensor]] = []
+
+    def walk(node: Any, name: str) -> None:
+        if isinstance(node, Tensor):
+            found.append((name, node))
+        elif isinstance(node, Mapping):
+            for key, value in node.items():
+                if name or key != DIGEST_KEY:
+                    walk(value, f"{name}/{key!r}")
+        elif isinstance(node, (list, tuple)):
+            for index, value in enumerate(node):
+                walk(value, f"{name}/{index}")
+
+    walk(obj, "")
+    digest = hashlib.sha256()
+    for name, tensor in sorted(found, key=lambda item: item[0]):
+        t = tensor.detach().cpu()
+        t = (t if t.layout == torch.strided else t.to_dense()).contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().data)  # a memoryview: no copy
+    return digest.hexdigest()
+
+
+def with_digest(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """A shallow copy of a checkpoint dict with the digest of its tensors under DIGEST_KEY (checked by `safe_load`)."""
+    return {**checkpoint, DIGEST_KEY: {"sha256": tensor_digest(checkpoint)}}
+
+
+def _verify_digest(obj: Any, path: str | os.PathLike[str]) -> None:
+    """Compare each digest our writers stored with the tensors loaded; files without one (the authors') pass."""
+    for part in obj if isinstance(obj, list) else [obj]:  # the authors' dual file is a list of state dicts
+        stored = part.get(DIGEST_KEY) if isinstance(part, Mapping) else None
+        stored = stored or (getattr(part, "_metadata", None) or {}).get(DIGEST_KEY)
+        if isinstance(stored, Mapping) and stored.get("sha256") != tensor_digest(part):
+            raise CheckpointError(
+                f"{path}: corrupt: its tensors do not match the SHA-256 digest stored when it was written "
+                "(bytes changed on disk or in transfer); restore the file from a good copy"
+            )
+    if isinstance(obj, dict):
+        obj.pop(DIGEST_KEY, None)
+
+
+def check_finite(module: nn.Module, source: str | os.PathLike[str]) -> None:
+    """Refuse weights holding NaN or Inf (a diverged run): they would upscale to black images without an error."""
+    bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise CheckpointError(f"{source}: non-finite weights (NaN or Inf) in {bad[:3]}{more}; the weights are unusable")
+
+
 def safe_load(path: str | os.PathLike[str]) -> Any:
     """`torch.load` restricted to tensors and plain containers, with errors that name the file and say whether
-    it was refused (it references code or other objects; nothing in it ran) or is simply unreadable."""
-    path = Path(path)
-    if not path.is_file():
+    it was refused (it references code or other objects; nothing in it ran) or is simply unreadable. `path` may be
+    an fsspec URL (s3://, memory://), read through fsspec."""
+    path = os.fspath(path)
+    fs, where = url_to_fs(path)
+    if not fs.isfile(where):
         raise FileNotFoundError(f"{path}: file not found")
-    if path.stat().st_size == 0:
+    if fs.size(where) == 0:
         raise CheckpointError(f"{path}: file is empty (0 bytes)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        if not is_remote(path):
+            obj = torch.load(where, map_location="cpu", weights_only=True)
+        else:
+            with fs.open(where, "rb") as handle:
+                obj = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ... depending on the damage
         text = str(err)
         if "Unsupported global" in text or "GLOBAL" in text:
@@ -106,6 +172,8 @@ def safe_load(path: str | os.PathLike[str]) -> Any:
             detail = detail or (text.splitlines()[0] if text else type(err).__name__)
             reason = f"not a readable PyTorch file, truncated or corrupt ({type(err).__name__}: {detail[:200]})"
         raise CheckpointError(f"{path}: {reason}") from None
+    _verify_digest(obj, path)  # a digest stored by our writers (see `tensor_digest`)
+    return obj
 
 
 def _check_state_dict(obj: Any, path: Path, what: str) -> dict[str, Tensor]:
@@ -215,9 +283,14 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def _plain_state_dict(module: nn.Module) -> dict[str, Tensor]:
-    return {
-        k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone() for k, v in module.state_dict().items()
-    }
+    """CPU, contiguous copies of the module's tensors; its `_metadata` carries their digest (see DIGEST_KEY)."""
+    source = module.state_dict()
+    state = OrderedDict(
+        (k, v.detach().to("cpu", memory_format=torch.contiguous_format).clone()) for k, v in source.items()
+    )
+    state._metadata = OrderedDict(getattr(source, "_metadata", {}))  # type: ignore[attr-defined]
+    state._metadata[DIGEST_KEY] = {"sha256": tensor_digest(state)}  # type: ignore[attr-defined]
+    return state
 
 
 def save_official(
@@ -279,6 +352,5 @@ def official_to_checkpoint(
     for idx, dual in enumerate(duals or []):
         state.update({f"{DUALS_PREFIX}{idx}.{k}": v for k, v in _plain_state_dict(dual).items()})
     hparams = {k: info[k] for k in ("variant", "scale", "n_feats", "n_blocks")}
-    _atomic_save(
-        {"state_dict": state, "hyper_parameters": {"drn": hparams}, "epoch": 0, "global_step": 0}, Path(ckpt_path)
-    )
+    checkpoint = {"state_dict": state, "hyper_parameters": {"drn": hparams}, "epoch": 0, "global_step": 0}
+    _atomic_save(with_digest(checkpoint), Path(ckpt_path))
