@@ -8,8 +8,9 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 TRAIN_ARGS ?=
+EXPERIMENTS_ARGS ?=
 
-.PHONY: install lint test test-slow test-all train bench eval clean
+.PHONY: install lint test test-slow test-all train experiments bench eval clean
 
 install: $(STAMP)
 
@@ -37,6 +38,10 @@ test-all: install
 
 train: install
 	$(PY) -m drn_lightning.train experiment=demo $(TRAIN_ARGS)
+
+# The paper's ablations at CPU scale (dual on/off, PSNR vs rho, adaptation): about an hour on 2 cores.
+experiments: install
+	$(PY) scripts/experiments.py $(EXPERIMENTS_ARGS)
 
 eval: install
 	$(PY) -m drn_lightning.eval $(EVAL_ARGS)

@@ -25,7 +25,10 @@ from drn_lightning.files import atomic_write
 __all__ = [
     "DEMO_FILES",
     "DEMO_GREYSCALE",
+    "DEMO_PAIRED",
+    "DEMO_SPLITS",
     "DEMO_TRAIN",
+    "DEMO_UNPAIRED",
     "DEMO_VAL",
     "default_demo_root",
     "demo_image_path",
@@ -67,6 +70,19 @@ DEMO_TRAIN: tuple[str, ...] = (
 DEMO_VAL: tuple[str, ...] = ("chelsea", "coffee")
 """Held-out validation photos, disjoint from :data:`DEMO_TRAIN`."""
 
+DEMO_PAIRED: tuple[str, ...] = ("astronaut", "hubble_deep_field", "immunohistochemistry", "camera", "brick")
+DEMO_UNPAIRED: tuple[str, ...] = ("rocket", "retina", "grass", "gravel", "coins")
+"""Two disjoint halves of :data:`DEMO_TRAIN` (split ``paired`` / ``unpaired``): the semi-supervised experiments
+never see the HR of their unpaired images as paired data."""
+
+DEMO_SPLITS: dict[str, tuple[str, ...]] = {
+    "train": DEMO_TRAIN,
+    "val": DEMO_VAL,
+    "paired": DEMO_PAIRED,
+    "unpaired": DEMO_UNPAIRED,
+}
+"""Folder name under the demo root -> the photos written into it."""
+
 DEMO_GREYSCALE: tuple[str, ...] = ("camera", "brick", "grass", "gravel", "coins")
 """Greyscale photos among the training set (repeated to RGB): texture for the network, Y is what is scored."""
 
@@ -106,13 +122,13 @@ def default_demo_root() -> Path:
 
 
 def materialize_demo(folder: str | os.PathLike[str] | None = None) -> dict[str, Path]:
-    """Write the demo photos as PNGs into ``folder/train`` and ``folder/val`` once; returns both paths.
+    """Write the demo photos as PNGs into one folder per split (:data:`DEMO_SPLITS`) once; returns their paths.
 
     Idempotent: photos already present (same pixel size as the source) are left alone.
     """
     root = Path(folder).expanduser() if folder is not None else default_demo_root()
     out: dict[str, Path] = {}
-    for split, names in (("train", DEMO_TRAIN), ("val", DEMO_VAL)):
+    for split, names in DEMO_SPLITS.items():
         split_dir = root / split
         split_dir.mkdir(parents=True, exist_ok=True)
         for name in names:
@@ -126,10 +142,11 @@ def materialize_demo(folder: str | os.PathLike[str] | None = None) -> dict[str, 
 
 
 def demo_photos(split: str | None = None, root: str | os.PathLike[str] | None = None) -> Path:
-    """The folder of one split (`train`: 10 photos, `val`: chelsea and coffee; None: the folder holding both),
-    written on first use. Data configs pass it as a folder made when the dataset is built (`_partial_: true`)."""
-    if split not in (None, "train", "val"):
-        raise ValueError(f"split={split!r}; allowed: train, val, null")
+    """The folder of one split (`train`: 10 photos, `val`: chelsea and coffee, `paired`/`unpaired`: disjoint halves
+    of `train`; None: the folder holding them), written on first use. Data configs pass it as a folder made when
+    the dataset is built (`_partial_: true`)."""
+    if split is not None and split not in DEMO_SPLITS:
+        raise ValueError(f"split={split!r}; allowed: {', '.join(DEMO_SPLITS)}, null")
     folders = materialize_demo(root)
     return folders[split] if split else folders["train"].parent
 
