@@ -5,6 +5,8 @@ two jobs at a time through Hydra's joblib launcher, each reported by `drn_lightn
 deviation over seeds):
   dual        dual regression on vs off, paired bicubic data only
   rho         rho in {0, 0.1, 0.3, 0.5, 0.7, 0.9} for Nearest and for BD unpaired data, trained from scratch
+  control     the Nearest rho sweep without the dual loss (model.dual=false): the unpaired samples then only take
+              the place of paired ones, which separates what the dual loss does from what fewer pairs do
   base        one bicubic-trained model (P and D), the starting point of the adaptation
   adapt       the base fine-tuned with unpaired Nearest/BD LR at rho 0.3, with and without the chained dual term
   adapt_rho0  the same fine-tuning at rho 0 (paired data only, same steps): the control
@@ -118,8 +120,8 @@ def plot_bars(panels: dict[str, Panel], bicubic: dict[str, float], path: Path) -
         if title in bicubic:
             ax.axhline(bicubic[title], color="gray", linestyle="--", label="bicubic")
             ax.legend(fontsize="small", loc="lower right")
-        low = min([*values, bicubic.get(title, min(values))]) - max(errors) - 0.3
-        ax.set_ylim(low, max(values) + max(errors) + 0.3)
+        levels = [*values, bicubic.get(title, values[0])]
+        ax.set_ylim(min(levels) - max(errors) - 0.3, max(levels) + max(errors) + 0.3)
         ax.set(title=title, ylabel="PSNR-Y (dB)")
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
@@ -127,9 +129,51 @@ def plot_bars(panels: dict[str, Panel], bicubic: dict[str, float], path: Path) -
     plt.close(fig)
 
 
+def plot_rho(results: dict[str, Any], sets: list[str], path: Path) -> None:
+    """PSNR on the target LR against rho: one panel per (set, degradation), error bars one std over seeds, the
+    Nearest control without the dual loss dashed, bicubic interpolation of the same LR dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        len(sets), len(DEGRADATIONS), figsize=(5.2 * len(DEGRADATIONS), 3.4 * len(sets)), squeeze=False
+    )
+    for row_axes, name in zip(axes, sets):
+        for ax, degradation in zip(row_axes, DEGRADATIONS):
+            column = f"{name}_{degradation}/psnr"
+            curves = {"dual on": [r for r in results["rho"] if r["degradation"] == degradation]}
+            if degradation == "nearest" and results.get("control"):
+                curves["dual off (control)"] = results["control"]
+            for label, rows in curves.items():
+                rows = [r for r in rows if r.get(column) is not None]
+                xs = [r["data.unpaired_ratio"] for r in rows]
+                style = "o-" if label == "dual on" else "s--"
+                ax.errorbar(
+                    xs,
+                    [r[column] for r in rows],
+                    yerr=[r[f"{column}_std"] for r in rows],
+                    fmt=style,
+                    capsize=3,
+                    label=label,
+                )
+            bicubic = curves["dual on"][0].get(column.replace("/psnr", "/bicubic_psnr"))
+            if bicubic is not None:
+                ax.axhline(bicubic, color="gray", linestyle=":", label="bicubic interpolation")
+            title = "held-out photos" if name == "demo" else name
+            ax.set(title=f"{title}, {degradation} LR", xlabel="unpaired ratio ρ", ylabel="PSNR-Y (dB)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def make_plots(results: dict[str, Any], out: Path) -> None:
-    """dual.png (dual on/off) and adaptation.png (before, rho 0, rho 0.3, + chain) from results.json."""
+    """rho.png, dual.png (dual on/off) and adaptation.png (before, rho 0, rho 0.3, + chain) from results.json."""
     sets = [s for s in ("demo", "Set5") if f"{s}/psnr" in results["dual"][0]]
+    plot_rho(results, sets, out / "rho.png")
     titles = {"demo": "held-out photos", "Set5": "Set5"}
     panels, bicubic = {}, {}
     for name in sets:
@@ -175,6 +219,15 @@ def tables_markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {row['data.unpaired_ratio']} | {cells} |")
         bicubic = " | ".join(_cell(rows[0], c.format(d=degradation).replace("/psnr", "/bicubic_psnr")) for c in columns)
         lines.append(f"| bicubic | {bicubic} |")
+    if results.get("control"):
+        lines += ["", "| ρ | held-out, nearest LR: dual on | dual off | Set5, nearest LR: dual on | dual off |"]
+        lines.append("| --- | --- | --- | --- | --- |")
+        with_dual = {r["data.unpaired_ratio"]: r for r in results["rho"] if r["degradation"] == "nearest"}
+        for row in results["control"]:
+            on = with_dual.get(row["data.unpaired_ratio"], {})
+            cells = [_cell(on, "demo_nearest/psnr"), _cell(row, "demo_nearest/psnr")]
+            cells += [_cell(on, "Set5_nearest/psnr"), _cell(row, "Set5_nearest/psnr")]
+            lines.append(f"| {row['data.unpaired_ratio']} | " + " | ".join(cells) + " |")
     for degradation in DEGRADATIONS:
         rows = [r for r in results["adapt"] if r["degradation"] == degradation]
         lines += ["", head.format("adaptation", d=degradation), "| --- | --- | --- | --- | --- |"]
@@ -199,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rhos", default="0,0.1,0.3,0.5,0.7,0.9")
     parser.add_argument("--jobs", type=int, default=2, help="jobs at a time (one core each)")
+    parser.add_argument("--control-rhos", default="0,0.3,0.7,0.9", help="rho values of the control sweep")
     parser.add_argument(
-        "--phases", default="dual,rho,base,adapt", help="the phases to run; the others must be in --out"
+        "--phases", default="dual,rho,control,base,adapt", help="phases to run; others must be in --out"
     )
     parser.add_argument(
         "--benchmarks-dir", type=Path, default=Path(os.environ.get("DRN_BENCHMARKS_DIR", "../shared/data/benchmarks"))
@@ -226,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         minutes["rho"] = sweep(out, "rho", [*common, *rho], args.jobs)
         write_json(minutes, timing)
         write_report(out / "rho", "data.unpaired_ratio", ["degradation"])
+    if "control" in phases:
+        control = [*common, "degradation=nearest", f"data.unpaired_ratio={args.control_rhos}", "model.dual=false"]
+        minutes["control"] = sweep(out, "control", control, args.jobs)
+        write_json(minutes, timing)
+        write_report(out / "control", "data.unpaired_ratio")
 
     base = [*TRAIN, "experiment=closed_loop", f"hydra.run.dir={out / 'base'}", "degradation=bicubic", "torch_threads=2"]
     base += ["data.unpaired_ratio=0", f"steps={args.base_steps}", *data]
@@ -251,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             "data.unpaired_ratio",
             ["degradation"],
         ),
+        "control": summarize(collect_runs(out / "control", "data.unpaired_ratio"), "data.unpaired_ratio"),
         "base": score_base(out / "base" / "checkpoints" / "last.ckpt", demo_root, benchmarks_dir),
         "adapt": adaptation_rows(out),
         "settings": {k: str(v) for k, v in vars(args).items()},

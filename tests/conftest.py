@@ -31,6 +31,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 BENCHMARKS_DIR = REPO_ROOT.parent / "shared" / "data" / "benchmarks"
 
+# Two DDP ranks on the CPU (gloo), as the README's CPU DDP command.
+CPU_DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+
 # The smallest run that still exercises every part of training: tiny DRN, tiny patches, two steps.
 TINY_TRAIN = [
     "experiment=demo",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, TINY_TRAIN
+from conftest import CPU_DDP, REPO_ROOT, TINY_TRAIN
 
 TESTS = Path(__file__).resolve().parent
 
@@ -30,9 +30,7 @@ def test_multirun_with_ddp_runs_each_job_on_two_ranks_in_one_sweep_folder(tmp_pa
             "data=semi",
             "data.unpaired_ratio=0,0.5",
             *[o for o in TINY_TRAIN if o != "test_after_fit=false"],
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
+            *CPU_DDP,
             "logger=csv",
             "eval_extra_sets=[]",
             f"paths.cache_dir={demo_cache}",

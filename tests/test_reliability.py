@@ -27,6 +27,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from conftest import CPU_DDP
 from drn_lightning.config import ConfigError, validate_train_config
 from drn_lightning.data.io import ImageReadError, read_image
 from drn_lightning.models.official import CheckpointError
@@ -310,14 +311,13 @@ def test_two_rank_ddp_killed_mid_epoch_resumes_exactly_with_the_same_command(tmp
     """Two CPU DDP ranks, both SIGKILLed (the whole process group, as a scheduler does) as step 4 begins, after the
     step-2 checkpoint: no rank survives, and the same command (ckpt_path=auto) ends with the weights, optimiser and
     scheduler of an uninterrupted 2-rank run, each rank skipping the batches of its own shard it had drawn."""
-    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
-    uninterrupted = train(tmp_path / "reference", cache, *ddp)
+    uninterrupted = train(tmp_path / "reference", cache, *CPU_DDP)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
     assert "Starting with 2 processes" in uninterrupted.stderr
     run_dir = tmp_path / "run"
     killer = ["+callbacks.killer._target_=helpers_reliability.KillAtStep", "+callbacks.killer.step=3"]
     proc = subprocess.Popen(
-        _train_cmd(run_dir, [*ddp, *killer, "+callbacks.killer.group=true"]),
+        _train_cmd(run_dir, [*CPU_DDP, *killer, "+callbacks.killer.group=true"]),
         cwd=REPO, env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     try:
@@ -331,7 +331,7 @@ def test_two_rank_ddp_killed_mid_epoch_resumes_exactly_with_the_same_command(tmp
         time.sleep(0.1)
     assert _live_in_group(proc.pid) == []
     assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 2
-    resumed = train(run_dir, cache, *ddp)
+    resumed = train(run_dir, cache, *CPU_DDP)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for rank_log in ("train.log", "train_ddp_process_1.log"):  # each rank's Hydra job log (rank 1's named by Lightning)
         assert "skipping the 2 batches of epoch 0" in (run_dir / rank_log).read_text(), rank_log

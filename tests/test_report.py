@@ -89,6 +89,8 @@ def test_experiments_command_runs_every_phase_and_reports_the_jobs_means(
             *args,
             "--rhos",
             "0,0.5",
+            "--control-rhos",
+            "0.5",
             "--benchmarks-dir",
             str(tmp_path / "none"),
         ],
@@ -99,7 +101,7 @@ def test_experiments_command_runs_every_phase_and_reports_the_jobs_means(
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert sorted(results["minutes"]) == ["adapt", "adapt_rho0", "base", "dual", "rho"]
+    assert sorted(results["minutes"]) == ["adapt", "adapt_rho0", "base", "control", "dual", "rho"]
     jobs = {name: sorted(p.name for p in (out / name).iterdir() if p.is_dir()) for name in ("dual", "rho", "adapt")}
     assert jobs == {
         "dual": ["0", "1", "2", "3"],
@@ -120,7 +122,9 @@ def test_experiments_command_runs_every_phase_and_reports_the_jobs_means(
         assert entry[f"demo_{degradation}/psnr"] == pytest.approx(sum(scores) / 2)
     assert {r["variant"] for r in results["adapt"]} == {"rho 0", "rho 0.3", "rho 0.3 + chain"}
     assert set(results["base"]) == {"demo", "demo_nearest", "demo_bd"}
-    for png in ("dual.png", "adaptation.png", "rho/psnr_vs_unpaired_ratio.png"):
+    (control,) = results["control"]  # the Nearest sweep without the dual loss, two seeds
+    assert control["runs"] == 2 and control["data.unpaired_ratio"] == 0.5
+    for png in ("rho.png", "dual.png", "adaptation.png", "rho/psnr_vs_unpaired_ratio.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # The sweep notebook reads the rho sweep: mean ± std per degradation, and every job's training curve.
     env = {"DRN_MULTIRUN": str(out / "rho"), "DRN_SWEEP_BY": "degradation"}

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from conftest import BENCHMARKS_DIR, REPO_ROOT, TINY_TRAIN, compose_train, execute_notebook, run_module
+from conftest import BENCHMARKS_DIR, CPU_DDP, REPO_ROOT, TINY_TRAIN, compose_train, execute_notebook, run_module
 from drn_lightning.config import ConfigError, validate_train_config
 from drn_lightning.train import prepare
 from helpers_reliability import PoisonBatchAtStep
@@ -244,9 +244,7 @@ def test_ddp_two_cpu_processes_run_the_default_steps_to_the_end(tmp_path: Path, 
         "drn_lightning.train",
         [
             *[o for o in TINY_TRAIN if o != "test_after_fit=false"],
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
+            *CPU_DDP,
             "trainer.limit_val_batches=null",
             f"hydra.run.dir={run_dir}",
             f"paths.cache_dir={demo_cache}",

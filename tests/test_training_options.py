@@ -14,7 +14,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import TINY_TRAIN, compose_train, run_module
+from conftest import CPU_DDP, TINY_TRAIN, compose_train, run_module
 from drn_lightning.config import ConfigError, check_output_dirs, validate_train_config
 from test_reliability import REPO, _env, _train_cmd, load
 from test_training import read_wandb_records
@@ -215,9 +215,7 @@ def test_ema_under_ddp_checkpoints_and_evaluates_the_average(tmp_path: Path, dem
             "trainer.max_steps=2",
             "callbacks.model_checkpoint.every_n_train_steps=1",
             "eval_extra_sets=[]",
-            "trainer=ddp",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
+            *CPU_DDP,
             f"hydra.run.dir={run_dir}",
             f"paths.cache_dir={demo_cache}",
         ],
