@@ -116,7 +116,7 @@ def _validate(cfg: DictConfig) -> None:
     check_output_dirs(cfg)
 
 
-def _unwritable_reason(value: str) -> str | None:
+def unwritable_reason(value: str) -> str | None:
     """Why files cannot be created under ``value`` (None if they can), from its nearest existing ancestor; for an
     fsspec URL (s3://...) only whether its filesystem is installed (the first write tells the rest)."""
     if is_remote(value):
@@ -141,7 +141,7 @@ def check_output_dirs(cfg: DictConfig) -> None:
     for group in ("paths", "trainer", "callbacks", "logger"):
         for key, value in _leaves(cfg.get(group), group):
             if key.rsplit(".", 1)[-1] in OUTPUT_DIR_KEYS and value not in (None, ""):
-                reason = _unwritable_reason(str(value))
+                reason = unwritable_reason(str(value))
                 _require(reason is None, f"{key}={str(value)!r}: cannot write there: {reason}")
 
 

@@ -23,7 +23,7 @@ from rich.table import Table
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from drn_lightning.config import _unwritable_reason
+from drn_lightning.config import unwritable_reason
 from drn_lightning.files import write_json
 from drn_lightning.metrics import PSNRY, SSIMY
 from drn_lightning.ops.imresize import imresize
@@ -164,7 +164,7 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
 
     scale = check_scale(int(cfg.scale))
     out = str(cfg.results_json)
-    reason = f"{out} is a folder" if os.path.isdir(out) else _unwritable_reason(os.path.dirname(out) or ".")
+    reason = f"{out} is a folder" if os.path.isdir(out) else unwritable_reason(os.path.dirname(out) or ".")
     if reason is not None:  # known now, not after the whole evaluation
         raise ValueError(f"results_json={out!r}: cannot write there: {reason}")
     device = resolve_device(str(cfg.device))

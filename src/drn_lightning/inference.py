@@ -22,7 +22,8 @@ from drn_lightning.checks import integer
 from drn_lightning.data.io import sixteen_to_eight
 from drn_lightning.models.drn import ChannelAttention
 from drn_lightning.models.official import check_finite, load_weights
-from drn_lightning.ops.tiling import DEFAULT_TILE_OVERLAP, SharedChannelStats, self_ensemble_forward, tiled_forward
+from drn_lightning.ops.tiling import DEFAULT_TILE_OVERLAP, self_ensemble_forward, tiled_forward
+from drn_lightning.tile_stats import SharedChannelStats
 
 __all__ = [
     "DEFAULT_TILE_OVERLAP",
@@ -192,11 +193,15 @@ def _restore_channels(sr: Tensor, lr: Tensor, channels: int, scale: int) -> Tens
     if channels == 1:
         return sr.mean(dim=1, keepdim=True)
     if channels == 4:
-        from drn_lightning.ops.imresize import imresize
-
-        alpha = imresize(lr[:, 3:4].to(sr.device, torch.float32), scale=scale)
-        return torch.cat((sr, alpha), dim=1)
+        return torch.cat((sr, _upscaled_alpha(lr, scale, sr.device)), dim=1)
     return sr
+
+
+def _upscaled_alpha(lr: Tensor, scale: int, device: torch.device) -> Tensor:
+    """The alpha channel of an RGBA batch, MATLAB-bicubic upscaled (the network sees RGB only)."""
+    from drn_lightning.ops.imresize import imresize
+
+    return imresize(lr[:, 3:4].to(device, torch.float32), scale=scale)
 
 
 def _to_uint8(x: Tensor) -> Tensor:
@@ -218,9 +223,7 @@ def _upscale_into_uint8(up: Upscaler, batch: Tensor, out: Tensor) -> Tensor:
         return out
     up.upscale_tensor(rgb, out=out[:, :3], convert=_to_uint8)
     if channels == 4:
-        from drn_lightning.ops.imresize import imresize
-
-        out[:, 3:] = _to_uint8(imresize(batch[:, 3:4].to(out.device, torch.float32), scale=up.scale))
+        out[:, 3:] = _to_uint8(_upscaled_alpha(batch, up.scale, out.device))
     return out
 
 
