@@ -1,4 +1,4 @@
-"""Lightning callbacks: validation image grids for whichever logger is active, and the preemption checkpoint."""
+"""Lightning callbacks: validation image grids, checkpoints that stay in their folder, the preemption checkpoint."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor
@@ -23,6 +24,12 @@ from torch import Tensor
 from drn_lightning.ops.imresize import imresize
 
 log = logging.getLogger(__name__)
+
+
+def checkpoint_folder(trainer: pl.Trainer) -> str:
+    """Where `last.ckpt` lives: the first ModelCheckpoint's folder, else Lightning's default (maybe an fsspec URL)."""
+    main = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+    return str((main and main.dirpath) or os.path.join(trainer.default_root_dir, "checkpoints"))
 
 
 def make_comparison_grid(lr: Tensor, sr: Tensor, hr: Tensor, scale: int, crop_size: int = 24) -> np.ndarray:
@@ -41,10 +48,8 @@ def make_comparison_grid(lr: Tensor, sr: Tensor, hr: Tensor, scale: int, crop_si
     crops = [
         F.interpolate(p[..., top : top + size, left : left + size], scale_factor=zoom, mode="nearest") for p in panels
     ]
-    top_row = torch.cat(panels, dim=-1)
-    bottom_row = torch.cat(crops, dim=-1)
-    if bottom_row.shape[-1] != top_row.shape[-1]:
-        bottom_row = F.pad(bottom_row, (0, top_row.shape[-1] - bottom_row.shape[-1]))
+    top_row, bottom_row = torch.cat(panels, dim=-1), torch.cat(crops, dim=-1)
+    bottom_row = F.pad(bottom_row, (0, top_row.shape[-1] - bottom_row.shape[-1]))  # the crops are never wider
     grid = torch.cat([top_row, bottom_row], dim=-2)[0]
     return grid.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
@@ -54,18 +59,8 @@ class ImageGridLogger(pl.Callback):
 
     def __init__(self, every_n_epochs: int = 1, max_images: int = 2, crop_size: int = 24) -> None:
         super().__init__()
-        self.every_n_epochs = every_n_epochs
-        self.max_images = max_images
-        self.crop_size = crop_size
+        self.every_n_epochs, self.max_images, self.crop_size = every_n_epochs, max_images, crop_size
         self._grids: list[tuple[str, np.ndarray]] = []
-
-    def _active(self, trainer: pl.Trainer) -> bool:
-        return (
-            trainer.is_global_zero
-            and not trainer.sanity_checking
-            and self.every_n_epochs > 0
-            and trainer.current_epoch % self.every_n_epochs == 0
-        )
 
     def on_validation_batch_end(
         self,
@@ -76,20 +71,15 @@ class ImageGridLogger(pl.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not self._active(trainer) or dataloader_idx != 0 or len(self._grids) >= self.max_images:
+        due = self.every_n_epochs > 0 and trainer.current_epoch % self.every_n_epochs == 0
+        if not due or not trainer.is_global_zero or trainer.sanity_checking or dataloader_idx != 0:
             return
-        with torch.no_grad():
-            lr = batch["lr"][0]
-            sr = pl_module(lr)[-1]
-        scale = int(pl_module.scale)  # type: ignore[arg-type]
-        name = batch.get("name", [f"image{batch_idx}"])
-        name = name[0] if isinstance(name, (list, tuple)) else str(name)
-        self._grids.append(
-            (
-                Path(str(name)).stem,
-                make_comparison_grid(lr, sr, batch["hr"], scale, self.crop_size),
-            )
-        )
+        if len(self._grids) < self.max_images:  # validation runs without gradients already
+            lr, name = batch["lr"][0], batch.get("name", [f"image{batch_idx}"])
+            name = name[0] if isinstance(name, list | tuple) else name
+            scale = int(pl_module.scale)  # type: ignore[arg-type]
+            grid = make_comparison_grid(lr, pl_module(lr)[-1], batch["hr"], scale, self.crop_size)
+            self._grids.append((Path(str(name)).stem, grid))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._grids:
@@ -97,14 +87,11 @@ class ImageGridLogger(pl.Callback):
         grids, self._grids = self._grids, []
         step = trainer.global_step
         for logger in trainer.loggers:
-            kind = type(logger).__name__
-            if kind == "WandbLogger":
-                logger.log_image(  # type: ignore[attr-defined]
-                    key="val/images", images=[g for _, g in grids], caption=[n for n, _ in grids], step=step
-                )
-            elif kind == "TensorBoardLogger":
+            if isinstance(logger, WandbLogger):
+                logger.log_image("val/images", [g for _, g in grids], step, caption=[n for n, _ in grids])
+            elif isinstance(logger, TensorBoardLogger):
                 for name, grid in grids:
-                    logger.experiment.add_image(f"val/{name}", grid, step, dataformats="HWC")  # type: ignore[attr-defined]
+                    logger.experiment.add_image(f"val/{name}", grid, step, dataformats="HWC")
             else:
                 folder = Path(logger.log_dir or trainer.default_root_dir) / "images"
                 folder.mkdir(parents=True, exist_ok=True)
@@ -113,17 +100,11 @@ class ImageGridLogger(pl.Callback):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint kept inside its own folder, so a crafted checkpoint cannot delete anything else.
-
-    On resume Lightning restores the paths it later removes as "previous" (best, last, top-k) from the file; here
-    any that resolves (symlinks, ``..``) outside ``dirpath`` is dropped with a warning naming the file, and a
-    removal outside ``dirpath``, or of anything but a file, is refused. ``save_on_train_end=False`` skips
-    Lightning's save after the loop has ended (for a periodic last.ckpt next to the main callback's own).
-    """
+    """ModelCheckpoint confined to `dirpath`, so a crafted checkpoint cannot delete anything else (reliability.md)."""
 
     def __init__(self, *args: Any, save_on_train_end: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.save_on_train_end = save_on_train_end
+        self.save_on_train_end = save_on_train_end  # False: a periodic last.ckpt beside the main callback's
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.save_on_train_end:
@@ -134,7 +115,7 @@ class RunCheckpoint(ModelCheckpoint):
         self._trainer = trainer  # its ckpt_path names the file whose state load_state_dict receives
 
     def _inside(self, path: Any) -> bool:
-        """Whether ``path`` is a file path strictly inside this callback's folder, symlinks and ``..`` resolved."""
+        """Whether `path` is strictly inside this callback's folder, symlinks and `..` resolved."""
         if not isinstance(path, str) or not path or self.dirpath is None:
             return False
         folder, target = os.path.realpath(self.dirpath), os.path.realpath(path)
@@ -164,17 +145,7 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 class PreemptionCheckpoint(OnExceptionCheckpoint):
-    """Lightning's OnExceptionCheckpoint narrowed to preemption: on SIGTERM, or `signals` such as SIGUSR1 (SLURM's
-    warning signal) and SIGUSR2 (what submitit sends before a time limit), Lightning stops at the next batch
-    boundary and this writes `last.ckpt` into the ModelCheckpoint's folder, so the same command (`ckpt_path=auto`)
-    resumes at that step.
-
-    Another signal is handled as SIGTERM by Lightning's own handler; a handler it replaced (submitit's requeue) is
-    called once the checkpoint is written. Holding SIGUSR1 keeps Lightning's SLURM handler (a checkpoint written
-    mid-step) from being installed; its requeue is called here after the step-boundary save instead. Other
-    exceptions (a NaN loss) save nothing, so a bad state never replaces the last good checkpoint; and the file
-    stays at teardown (the parent class deletes its own).
-    """
+    """On SIGTERM or `signals`: `last.ckpt` at a step boundary, then the replaced handler; a NaN loss saves nothing."""
 
     def __init__(
         self,
@@ -202,31 +173,22 @@ class PreemptionCheckpoint(OnExceptionCheckpoint):
         if callable(previous):
             previous(self.received, None)  # e.g. submitit requeues the job with the same overrides
             return
-        environment = trainer._accelerator_connector.cluster_environment
-        if (
-            isinstance(environment, SLURMEnvironment)
-            and environment.auto_requeue
-            and self.received == environment.requeue_signal
-        ):  # what Lightning's SLURM handler would have done mid-step: its (now consistent) hpc checkpoint, requeue
+        env = trainer._accelerator_connector.cluster_environment
+        if isinstance(env, SLURMEnvironment) and env.auto_requeue and self.received == env.requeue_signal:
+            # what Lightning's SLURM handler would have done mid-step: its (now consistent) hpc checkpoint, requeue
             trainer._signal_connector._slurm_sigusr_handler_fn(self.received, None)  # type: ignore[arg-type]
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return
-        model_checkpoint = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)), None)
-        folder = str(
-            self.dirpath
-            or (model_checkpoint and model_checkpoint.dirpath)
-            or os.path.join(trainer.default_root_dir, "checkpoints")
-        )
+        main = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+        folder = str(self.dirpath or checkpoint_folder(trainer))
         target = os.path.join(folder, f"{self.filename}.ckpt")  # a string: an fsspec URL (s3://...) stays one
-        if model_checkpoint is not None and model_checkpoint.dirpath and str(model_checkpoint.dirpath) == folder:
-            # Tell ModelCheckpoint this file is its `last`: after the resume it then overwrites it, instead of
-            # keeping it and writing `last-v1.ckpt` next to it.
-            model_checkpoint.last_model_path = target
+        if main is not None and str(main.dirpath) == folder:
+            main.last_model_path = target  # its `last`: overwritten after the resume, not kept beside last-v1.ckpt
         trainer.save_checkpoint(target)
         if trainer.is_global_zero:
-            name = self.received.name if self.received is not None else "SIGTERM"
+            name = (self.received or signal.SIGTERM).name
             log.warning("%s: saved checkpoint at global step %d to %s", name, trainer.global_step, target)
         self._pass_on(trainer)
 

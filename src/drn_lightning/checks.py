@@ -1,15 +1,11 @@
-"""Argument checks shared by constructors. Errors start with `name=value`, so the entry points can prefix the
-config path the user typed (`data.batch_size=0 must be an integer >= 1`)."""
+"""Argument checks shared by constructors; errors start with `name=value`, so entry points can name the option typed."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection
 from typing import TypeVar
 
 import numpy as np
-
-__all__ = ["fraction", "integer", "one_of"]
 
 T = TypeVar("T")
 
@@ -26,7 +22,7 @@ def fraction(value: object, name: str) -> float:
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        number = math.nan
+        number = -1.0
     if isinstance(value, bool) or not 0.0 <= number < 1.0:
         raise ValueError(f"{name}={value!r} must be in [0, 1)")
     return number

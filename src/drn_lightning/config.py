@@ -1,5 +1,4 @@
-"""What no constructor can check (missing options, cross-group facts, the files and folders a run reads and
-writes), run before anything is built; and `build`, which names a constructor's complaint by the option as typed."""
+"""What no constructor can check (missing options, cross-group facts, paths), and `build`, naming options as typed."""
 
 from __future__ import annotations
 
@@ -22,14 +21,10 @@ from drn_lightning.models.official import CheckpointError, safe_load
 
 INPUT_PATH_KEYS = ("hr_dir", "lr_dir", "root")  # data inputs that must exist (outputs and caches are made)
 OUTPUT_DIR_KEYS = ("dirpath", "save_dir", "default_root_dir", "output_dir")  # folders the run writes into
-TORCH_FILE_KEYS = ("weights", "dual_weights", "ckpt_path")
-CKPT_PATH_WORDS = ("auto", "last", "hpc")  # checkpoints found in the run folder (drn_lightning.train, Lightning)
 DF2K_LAYOUT = (
     "lay DF2K out under paths.data_dir as DF2K/DF2K_train_HR/0001.png and DF2K/DF2K_train_LR_bicubic/X4/0001x4.png "
     "(X2, X8 alike), or give data.train.hr_dir=<HR folder> data.train.lr_dir=null (LR made with MATLAB bicubic)"
 )
-
-
 DIV2K_VAL_LAYOUT = (
     "put DIV2K's validation images under paths.data_dir as DIV2K/DIV2K_valid_HR/0801.png ... 0810.png (the hold-out "
     "that selects checkpoints), or leave it out with ~data.val_sets.DIV2K_val"
@@ -46,8 +41,7 @@ def _require(condition: bool, message: str) -> None:
 
 
 def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
-    """(dotted key, value) of every plain leaf; nodes built by Hydra (`_target_`) and unresolvable values
-    (`${hydra:...}` outside a Hydra run) are skipped."""
+    """(dotted key, value) of every plain leaf, skipping values that cannot resolve outside a Hydra run."""
     if isinstance(node, DictConfig):
         if "_target_" in node and prefix.rsplit(".", 1)[-1] in INPUT_PATH_KEYS:
             return  # a folder made on first use (the demo photos)
@@ -65,8 +59,7 @@ def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
 
 
 def validate_train_config(cfg: DictConfig) -> None:
-    """Reject missing options, an unsupported scale, an untrainable model, an unbounded schedule, and input or
-    output paths that cannot be used, naming each option."""
+    """Refuse, naming the option, what would fail later: missing options, cross-group facts, unusable paths."""
     try:
         missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
         _require(not missing, f"missing required option(s): {', '.join(f'{k}=...' for k in missing)}")
@@ -80,6 +73,11 @@ def validate_train_config(cfg: DictConfig) -> None:
 def _validate(cfg: DictConfig) -> None:
     scale = cfg.get("scale")
     _require(scale in SUPPORTED_SCALES, f"scale={scale!r} is not supported; allowed: {list(SUPPORTED_SCALES)}")
+    threads, keep_memory = cfg.get("torch_threads"), cfg.get("keep_freed_memory", False)  # the entry point's own
+    _require(
+        threads is None or (type(threads) is int and threads >= 1), f"torch_threads={threads!r} must be an integer >= 1"
+    )
+    _require(isinstance(keep_memory, bool), f"keep_freed_memory={keep_memory!r} must be true or false")
     _require(
         "_target_" in cfg.model, f"model={cfg.model.get('name')} has no network to train; use drn_s, drn_l or drn_tiny"
     )
@@ -117,8 +115,7 @@ def _validate(cfg: DictConfig) -> None:
 
 
 def unwritable_reason(value: str) -> str | None:
-    """Why files cannot be created under ``value`` (None if they can), from its nearest existing ancestor; for an
-    fsspec URL (s3://...) only whether its filesystem is installed (the first write tells the rest)."""
+    """Why files cannot be created under `value` (None if they can); for a URL, whether its fsspec filesystem exists."""
     if is_remote(value):
         try:
             fsspec.get_filesystem_class(get_protocol(value))
@@ -136,8 +133,7 @@ def unwritable_reason(value: str) -> str | None:
 
 
 def check_output_dirs(cfg: DictConfig) -> None:
-    """Every output folder (run dir, checkpoint and logger folders) must be creatable and writable now,
-    so a bad path fails at start rather than at the first checkpoint save."""
+    """Every output folder must be writable now, so a bad path fails at start, not at the first checkpoint save."""
     for group in ("paths", "trainer", "callbacks", "logger"):
         for key, value in _leaves(cfg.get(group), group):
             if key.rsplit(".", 1)[-1] in OUTPUT_DIR_KEYS and value not in (None, ""):
@@ -146,11 +142,10 @@ def check_output_dirs(cfg: DictConfig) -> None:
 
 
 def check_torch_files(cfg: DictConfig) -> None:
-    """``weights``, ``dual_weights`` and a ``ckpt_path`` file must exist and load with ``weights_only=True`` now:
-    a file whose unpickling would run code, or an empty/truncated/corrupt one, is refused before anything is built."""
-    for key in TORCH_FILE_KEYS:
+    """`weights`, `dual_weights` and a `ckpt_path` file must load with `weights_only=True` before anything is built."""
+    for key in ("weights", "dual_weights", "ckpt_path"):
         value = cfg.get(key)
-        if value is None or value in CKPT_PATH_WORDS:
+        if value is None or value in ("auto", "last", "hpc"):  # found in the run folder (train, Lightning)
             continue
         try:
             loaded = safe_load(str(value))  # a local file or an fsspec URL
@@ -166,8 +161,7 @@ def check_torch_files(cfg: DictConfig) -> None:
 
 
 def _as_typed(cfg: DictConfig, node: str, message: str) -> str:
-    """A constructor's `arg=value ...` message under the option the user typed (`data.batch_size=0 ...`); an
-    argument filled by an interpolation such as `${nonfinite_loss}` is named by the top-level key."""
+    """A constructor's `arg=value ...` message under the option as typed (the source key of an `${interpolation}`)."""
     arg = re.match(r"([\w.]+)(?=[=:])", message)
     if not arg:
         return f"{node}: {message}"
@@ -196,7 +190,7 @@ def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
 
 def check_monitors(cfg: DictConfig, model: Any, datamodule: Any) -> None:
     """A callback's `monitor` must be a metric DRNLitModule logs, so a typo fails now, not after the first epoch."""
-    from drn_lightning.lit_module import DRNLitModule
+    from drn_lightning.lit_module import DRNLitModule  # here: `python -m drn_lightning.eval` starts without Lightning
 
     if type(model) is not DRNLitModule:  # another module logs other names
         return

@@ -1,17 +1,13 @@
 """Benchmark evaluation as the SR literature does it: whole images, PSNR/SSIM on Y with `scale` pixels shaved.
 
-    python -m drn_lightning.eval model=bicubic scale=4 data=benchmark data.root=DIR 'data.sets=[Set5,Set14]' \
-        results_json=OUT.json
-    python -m drn_lightning.eval model=drn_s scale=4 weights=DRNS4x.pt data.root=DIR
-
-OUT.json maps each set to {"psnr": float, "ssim": float, "images": int}.
-"""
+    python -m drn_lightning.eval model=drn_s scale=4 weights=DRNS4x.pt data.root=DIR 'data.sets=[Set5]' results_json=OUT
+writes {set: {"psnr", "ssim", "images", "degradation"}} to OUT (model=bicubic: the baseline, no weights)."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +20,13 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from drn_lightning.config import unwritable_reason
+from drn_lightning.data.datasets import BenchmarkDataset
 from drn_lightning.files import write_json
+from drn_lightning.inference import Upscaler as ModelUpscaler
+from drn_lightning.inference import resolve_device
 from drn_lightning.metrics import PSNRY, SSIMY
+from drn_lightning.models import check_scale, load_weights
+from drn_lightning.models.official import check_finite
 from drn_lightning.ops.imresize import imresize
 
 Upscaler = Callable[[Tensor], Tensor]
@@ -40,8 +41,6 @@ def model_upscaler(primal: nn.Module, self_ensemble: bool = False, tile: int | N
     """Final primal output; tiling and self-ensembling go through the same `Upscaler` as `drn-sr upscale`."""
     if not tile and not self_ensemble:
         return lambda lr: primal(lr)[-1]
-    from drn_lightning.inference import Upscaler as ModelUpscaler
-
     device = next(primal.parameters()).device
     return ModelUpscaler(primal, device=device, tile=tile, self_ensemble=self_ensemble).upscale_tensor
 
@@ -54,9 +53,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     round_y: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Score an upscaler on each dataset (whole images, one at a time); returns {set: {psnr, ssim, images}}.
-
-    A single-process evaluation: the metrics never sync, so under DDP one rank can run it alone."""
+    """{set: {psnr, ssim, images, degradation}} over whole images; metrics never sync, so one DDP rank can run it."""
     device = torch.device(device)
     results: dict[str, dict[str, Any]] = {}
     for name, dataset in datasets.items():
@@ -64,9 +61,8 @@ def evaluate(
         ssim = SSIMY(scale, round_y=round_y, sync_on_compute=False).to(device)
         for index in range(len(dataset)):  # type: ignore[arg-type]
             sample = dataset[index]
-            lr = sample["lr"][0].unsqueeze(0).to(device)
             hr = sample["hr"].unsqueeze(0).to(device)
-            sr = upscaler(lr)
+            sr = upscaler(sample["lr"][0].unsqueeze(0).to(device))
             psnr.update(sr, hr)
             ssim.update(sr, hr)
         results[name] = {
@@ -78,113 +74,80 @@ def evaluate(
     return results
 
 
-def print_results(
-    results: Mapping[str, Mapping[str, Any]], scale: int, title: str, console: Console | None = None
-) -> None:
+def _print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
     """One row per set, as papers print them."""
     table = Table(title=title)
-    for column in ("set", "scale", "PSNR (dB)", "SSIM", "images"):
+    for column in columns:
         table.add_column(column, justify="left" if column == "set" else "right")
-    for name, row in results.items():
-        table.add_row(name, f"x{scale}", f"{row['psnr']:.2f}", f"{row['ssim']:.4f}", str(row["images"]))
-    (console or Console()).print(table)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
 
 
-def benchmark_datasets(
-    root: str | os.PathLike[str], sets: list[str], scale: int, degradation: str = "bicubic"
-) -> dict[str, Dataset]:
-    """One BenchmarkDataset per set folder under `root`, LR made by `degradation`; a missing folder is an error."""
-    from drn_lightning.data.datasets import BenchmarkDataset
-
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data.root={str(root)!r}: benchmark folder not found")
-    return {name: BenchmarkDataset(root, name, scale, degradation=degradation) for name in sets}
-
-
-def final_evaluation(
-    primal: nn.Module, datasets: Mapping[str, Dataset], scale: int, round_y: bool, model_name: str, out: Path
-) -> dict[str, Any]:
-    """Score a trained primal next to bicubic on `datasets` (CPU, this process only); write and print the table."""
+def final_evaluation(cfg: DictConfig, primal: nn.Module, val_datasets: Mapping[str, Dataset], out: Path) -> dict:
+    """Score the trained primal next to bicubic on the validation and extra sets (CPU, this process); write `out`."""
+    scale, round_y, root = int(cfg.scale), bool(cfg.round_y), Path(str(cfg.eval_sets_root))
+    datasets = dict(val_datasets)
+    for name in cfg.get("eval_extra_sets") or []:
+        if name not in datasets and (root / name).is_dir():
+            datasets[name] = BenchmarkDataset(root, name, scale)
     primal = primal.eval().cpu().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # as reloaded
-    model_scores = evaluate(model_upscaler(primal), datasets, scale, "cpu", round_y)
-    bicubic_scores = evaluate(bicubic_upscaler(scale), datasets, scale, "cpu", round_y)
+    ours = evaluate(model_upscaler(primal), datasets, scale, "cpu", round_y)
+    bicubic = evaluate(bicubic_upscaler(scale), datasets, scale, "cpu", round_y)
     report = {
         name: {
-            "model": {k: model_scores[name][k] for k in ("psnr", "ssim")},
-            "bicubic": {k: bicubic_scores[name][k] for k in ("psnr", "ssim")},
-            "images": model_scores[name]["images"],
-            "degradation": model_scores[name]["degradation"],
+            "model": {k: ours[name][k] for k in ("psnr", "ssim")},
+            "bicubic": {k: bicubic[name][k] for k in ("psnr", "ssim")},
+            "images": ours[name]["images"],
+            "degradation": ours[name]["degradation"],
         }
         for name in datasets
     }
     write_json(report, out)
-    table = Table(title=f"{model_name} x{scale} vs bicubic (PSNR/SSIM on Y, {scale}px shaved)")
-    for column in ("set", "images", "bicubic PSNR", "model PSNR", "gain (dB)", "bicubic SSIM", "model SSIM"):
-        table.add_column(column, justify="left" if column == "set" else "right")
+    columns = ("set", "images", "bicubic PSNR", "model PSNR", "gain (dB)", "bicubic SSIM", "model SSIM")
+    rows = []
     for name, row in report.items():
-        model, bicubic = row["model"], row["bicubic"]
-        table.add_row(
-            name,
-            str(row["images"]),
-            f"{bicubic['psnr']:.2f}",
-            f"{model['psnr']:.2f}",
-            f"{model['psnr'] - bicubic['psnr']:+.2f}",
-            f"{bicubic['ssim']:.4f}",
-            f"{model['ssim']:.4f}",
-        )
-    Console().print(table)
+        psnr, base_psnr = row["model"]["psnr"], row["bicubic"]["psnr"]
+        ssims = f"{row['bicubic']['ssim']:.4f}", f"{row['model']['ssim']:.4f}"
+        rows.append((name, str(row["images"]), f"{base_psnr:.2f}", f"{psnr:.2f}", f"{psnr - base_psnr:+.2f}", *ssims))
+    _print_table(f"{cfg.model.name} x{scale} vs bicubic (PSNR/SSIM on Y, {scale}px shaved)", columns, rows)
     return report
-
-
-def load_primal(cfg: DictConfig) -> nn.Module | None:
-    """The network named by `model=` and `weights=`; None for `model=bicubic`."""
-    from drn_lightning.models import load_weights
-    from drn_lightning.models.official import check_finite
-
-    if cfg.model.get("net") is None:
-        if cfg.get("weights"):
-            raise ValueError(f"weights={cfg.weights!r} given with model=bicubic; choose model=drn_s|drn_l|drn_tiny")
-        return None
-    if not cfg.get("weights"):
-        raise ValueError(f"model={cfg.model.name} needs weights=FILE (the authors' .pt or our .ckpt)")
-    variant = cfg.model.net.get("variant")
-    expected_variant = (
-        variant if cfg.model.net.get("n_feats") is None and cfg.model.net.get("n_blocks") is None else None
-    )
-    primal, _, _ = load_weights(cfg.weights, cfg.get("dual_weights"), variant=expected_variant, scale=cfg.scale)
-    check_finite(primal, cfg.weights)  # NaN/Inf weights would score as black images instead of failing
-    return primal.eval()
 
 
 def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     """Evaluate the configured model (or bicubic) on the configured benchmark sets."""
-    from drn_lightning.inference import resolve_device
-    from drn_lightning.models import check_scale
-
-    scale = check_scale(int(cfg.scale))
-    out = str(cfg.results_json)
+    scale, out, root = check_scale(int(cfg.scale)), str(cfg.results_json), Path(str(cfg.data.root))
     reason = f"{out} is a folder" if os.path.isdir(out) else unwritable_reason(os.path.dirname(out) or ".")
     if reason is not None:  # known now, not after the whole evaluation
         raise ValueError(f"results_json={out!r}: cannot write there: {reason}")
     device = resolve_device(str(cfg.device))
     degradation = str(cfg.data.get("degradation") or "bicubic")
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root={str(root)!r}: benchmark folder not found")
     try:
-        datasets = benchmark_datasets(cfg.data.root, list(cfg.data.sets), scale, degradation)
+        datasets = {name: BenchmarkDataset(root, name, scale, degradation=degradation) for name in cfg.data.sets}
     except ValueError as err:
         raise ValueError(f"data.{err}" if str(err).startswith("degradation=") else str(err)) from None
-    primal = load_primal(cfg)
-    if primal is None:
+    if cfg.model.get("net") is None:
+        if cfg.get("weights"):
+            raise ValueError(f"weights={cfg.weights!r} given with model=bicubic; choose model=drn_s|drn_l|drn_tiny")
         upscaler, title = bicubic_upscaler(scale), f"bicubic x{scale}"
+    elif not cfg.get("weights"):
+        raise ValueError(f"model={cfg.model.name} needs weights=FILE (the authors' .pt or our .ckpt)")
     else:
-        primal = primal.to(device)
-        upscaler = model_upscaler(primal, bool(cfg.self_ensemble), cfg.get("tile"))
+        net = cfg.model.net  # a named variant is checked against the file, unless sized by hand
+        variant = net.get("variant") if net.get("n_feats") is None and net.get("n_blocks") is None else None
+        primal, _, _ = load_weights(cfg.weights, cfg.get("dual_weights"), variant=variant, scale=scale)
+        check_finite(primal, cfg.weights)  # NaN/Inf weights would score as black images instead of failing
+        upscaler = model_upscaler(primal.eval().to(device), bool(cfg.self_ensemble), cfg.get("tile"))
         title = f"{cfg.model.name} x{scale} ({cfg.weights})"
     title += "" if degradation == "bicubic" else f", {degradation} LR"
     results = evaluate(upscaler, datasets, scale, device, bool(cfg.round_y))
-    print_results(results, scale, title)
-    path = write_json(results, cfg.results_json)
-    print(f"results: {path}")
+    rows = [
+        (name, f"x{scale}", f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", str(r["images"])) for name, r in results.items()
+    ]
+    _print_table(title, ("set", "scale", "PSNR (dB)", "SSIM", "images"), rows)
+    print(f"results: {write_json(results, out)}")
     return results
 
 

@@ -1,15 +1,4 @@
-"""Export a DRN primal to ONNX or TorchScript with dynamic height/width, verified against eager PyTorch.
-
-Only the final (x`scale`) image is exported. Every export is checked at two input sizes that differ
-from the tracing example, because a tracer can silently bake one image size into the graph.
-
-ONNX: opset < 18 uses PyTorch's TorchScript-based exporter (`dynamo=False`, `dynamic_axes`); opset >= 18
-uses the `torch.export`-based exporter (`dynamo=True`, `dynamic_shapes`). With torch 2.13 the
-latter cannot down-convert DRN's graph to opset 17 (onnx's version converter fails in
-`axes_input_to_attribute`: "No initializer or constant input to node found"), hence the split.
-TorchScript: `torch.jit.script` rejects DRN's integer `scale_factor`, so the model is traced and the
-trace is then verified at the other sizes.
-"""
+"""Export a DRN primal to ONNX or TorchScript, checked at two sizes other than the trace's: tracers can bake one in."""
 
 from __future__ import annotations
 
@@ -21,7 +10,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +18,6 @@ from torch import Tensor, nn
 
 __all__ = ["EXPORT_FORMATS", "ExportError", "ExportReport", "FinalOutput", "export_model", "verify_export"]
 
-ExportFormat = Literal["onnx", "torchscript"]
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript")
 # Max |exported - eager| allowed, on a 0-1 intensity scale (1e-4 = 0.0255 gray levels of 255).
 DEFAULT_TOLERANCE = 1e-4
@@ -51,9 +39,7 @@ class FinalOutput(nn.Module):
 
     def forward(self, lr: Tensor) -> Tensor:
         out = self.model(lr)
-        if isinstance(out, (list, tuple)):
-            return out[-1]
-        return out
+        return out[-1] if isinstance(out, (list, tuple)) else out
 
 
 @dataclass(frozen=True)
@@ -73,8 +59,7 @@ class ExportReport:
 
 
 def _example(n: int, h: int, w: int, seed: int) -> Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 3, h, w, generator=gen) * 255.0
+    return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 255.0
 
 
 @contextlib.contextmanager
@@ -91,7 +76,8 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _export_onnx(wrapper: nn.Module, path: Path, opset: int) -> None:
+def _export_onnx(wrapper: nn.Module, path: Path, opset: int) -> Callable[[Tensor], Tensor] | None:
+    """An onnxruntime runner, None without it; opset < 18 is TorchScript-based (`torch.export` cannot reach 17 here)."""
     common: dict[str, Any] = {"opset_version": opset, "input_names": ["lr"], "output_names": ["sr"]}
     if opset < 18:
         axes = {"lr": {0: "batch", 2: "height", 3: "width"}, "sr": {0: "batch", 2: "out_height", 3: "out_width"}}
@@ -101,15 +87,23 @@ def _export_onnx(wrapper: nn.Module, path: Path, opset: int) -> None:
 
         shapes = {"lr": {0: Dim("batch"), 2: Dim("height"), 3: Dim("width")}}
         dynamic = {"dynamo": True, "dynamic_shapes": shapes, "verbose": False}
-    torch.onnx.export(wrapper, (_example(*_EXAMPLE, seed=0),), str(path), **common, **dynamic)
-
-
-def _onnx_runner(path: Path) -> Callable[[Tensor], Tensor]:
-    import onnxruntime as ort
-
+    with _quiet():
+        torch.onnx.export(wrapper, (_example(*_EXAMPLE, seed=0),), str(path), **common, **dynamic)
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: torch.from_numpy(np.asarray(session.run(None, {name: x.numpy()})[0]))
+
+
+def _export_torchscript(wrapper: nn.Module, path: Path) -> Callable[[Tensor], Tensor]:
+    """Traced, as `torch.jit.script` rejects DRN's integer `scale_factor`; the reloaded trace is the runner."""
+    with _quiet(), torch.inference_mode():
+        traced = torch.jit.trace(wrapper, (_example(*_EXAMPLE, seed=0),), check_trace=False)
+    torch.jit.save(traced, str(path))
+    return torch.jit.load(str(path), map_location="cpu")
 
 
 def verify_export(
@@ -120,72 +114,38 @@ def verify_export(
     for i, (n, h, w) in enumerate(sizes):
         x = _example(n, h, w, seed=1 + i)
         with torch.inference_mode():
-            ref = wrapper(x)
-        out = run(x.clone())
-        if tuple(out.shape) != tuple(ref.shape):
-            diffs[(n, h, w)] = float("inf")
-            continue
-        diffs[(n, h, w)] = float((out.float() - ref.float()).abs().max()) / 255.0
+            ref, out = wrapper(x), run(x.clone())
+        same_shape = tuple(out.shape) == tuple(ref.shape)
+        diffs[(n, h, w)] = float((out.float() - ref.float()).abs().max()) / 255.0 if same_shape else float("inf")
     return diffs
 
 
 def export_model(
     primal: nn.Module,
     path: str | os.PathLike[str],
-    format: ExportFormat | str = "onnx",
+    format: str = "onnx",
     opset: int = 17,
     *,
     verify: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ExportReport:
-    """Write the primal's final output as ONNX or TorchScript (dynamic N/H/W) and check it against eager.
-
-    Raises `ExportError` naming the file if the export fails or differs from eager by more than
-    `tolerance` (on a 0-1 scale) at either verification size. ONNX verification needs onnxruntime;
-    without it the file is written and `verified` is False.
-    """
+    """Write the final image with dynamic N/H/W and check it against eager (ONNX without onnxruntime goes unchecked)."""
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format={format!r} (--format) is unknown; choose one of {list(EXPORT_FORMATS)}")
     path = Path(path)
     if not path.parent.is_dir():
-        raise ExportError(f"{path}: output folder {path.parent} does not exist")
-    model = primal.to("cpu").eval()
-    wrapper = FinalOutput(model).eval()
+        raise ExportError(f"{path}: output folder {path.parent} does not exist (-o)")
+    wrapper = FinalOutput(primal.to("cpu")).eval()
     try:
-        if format == "onnx":
-            with _quiet():
-                _export_onnx(wrapper, path, opset)
-            try:
-                run = _onnx_runner(path)
-            except ImportError:
-                run = None
-        else:
-            with _quiet(), torch.inference_mode():
-                traced = torch.jit.trace(wrapper, (_example(*_EXAMPLE, seed=0),), check_trace=False)
-            torch.jit.save(traced, str(path))
-            loaded = torch.jit.load(str(path), map_location="cpu")
-
-            def run(x: Tensor) -> Tensor:
-                with torch.inference_mode():
-                    return loaded(x)
-
+        run = _export_onnx(wrapper, path, opset) if format == "onnx" else _export_torchscript(wrapper, path)
     except (OSError, RuntimeError, ValueError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"{path}: {format} export failed ({type(err).__name__}: {first[:300]})") from err
-
-    diffs: dict[tuple[int, int, int], float] = {}
-    if verify and run is not None:
-        diffs = verify_export(wrapper, run)
-        bad = {size: d for size, d in diffs.items() if not d <= tolerance}
-        if bad:
-            raise ExportError(
-                f"{path}: exported {format} model differs from eager PyTorch by more than {tolerance:g} "
-                f"(0-1 scale) at (N, H, W) sizes {bad}; the export is not size-independent"
-            )
-    return ExportReport(
-        path=path,
-        format=format,
-        opset=opset if format == "onnx" else None,
-        max_abs_diff=diffs,
-        verified=bool(diffs),
-    )
+    diffs = verify_export(wrapper, run) if verify and run is not None else {}
+    bad = {size: d for size, d in diffs.items() if not d <= tolerance}
+    if bad:
+        raise ExportError(
+            f"{path}: exported {format} model differs from eager PyTorch by more than {tolerance:g} "
+            f"(0-1 scale) at (N, H, W) sizes {bad}; the export is not size-independent"
+        )
+    return ExportReport(path, format, opset if format == "onnx" else None, diffs, verified=bool(diffs))

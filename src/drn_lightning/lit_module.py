@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from drn_lightning.checks import integer, one_of
 from drn_lightning.losses import DRNLoss
 from drn_lightning.metrics import PSNRY, SSIMY
+from drn_lightning.models import load_weights
 from drn_lightning.ops.imresize import imresize
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
@@ -27,31 +29,17 @@ class NonFiniteLossError(RuntimeError):
     """Raised when a training loss is NaN/Inf; the message names the step and the batch's files."""
 
 
-class _PendingLoss(NamedTuple):
-    """A loss on its way to the host (device-side check): read once its copy has landed, never by a sync."""
-
-    step: int
-    names: list[str]
-    value: Tensor  # 0-d float32 on the host (pinned on CUDA)
-    ready: Any  # a CUDA event recorded after the copy, or None on the CPU
+# A loss copied to the host, read once landed, never by a sync: (step, batch files, host copy, CUDA event or None)
+_PendingLoss = tuple[int, list[str], Tensor, Any]
 
 
 def _built(part: Any) -> Any:
     """A part given as its Hydra config (as a checkpoint stores it) is built; objects pass through."""
-    if isinstance(part, Mapping) and "_target_" in part:
-        from hydra.utils import instantiate
-
-        return instantiate(part)
-    return part
+    return instantiate(part) if isinstance(part, Mapping) and "_target_" in part else part
 
 
 class DRNLitModule(pl.LightningModule):
-    """Closed-loop DRN training: paired samples get primal + dual losses, unpaired ones the dual loss only.
-
-    `net` is any LR -> HR module returning its images coarse to fine (a list, as DRN) or the HR image alone;
-    with `dual` its `build_duals()` gives the dual regressors D_i. Parts may be Hydra config mappings, which is
-    how `DRNLitModule.load_from_checkpoint(path)` rebuilds them from the checkpoint's hyper-parameters.
-    """
+    """Closed-loop DRN training: primal + dual losses on paired samples, the dual loss alone on unpaired ones."""
 
     def __init__(
         self,
@@ -89,10 +77,7 @@ class DRNLitModule(pl.LightningModule):
         self._bad_since_step: list[Tensor] = []  # device-side check: one flag per micro-batch since the last step
 
     def load_pretrained(self, weights: str, dual_weights: str | None = None, allow_random_duals: bool = False) -> None:
-        """Start from trained P and D_i (the authors' `.pt` pair or one of our `.ckpt`), as the paper's adaptation
-        does; a primal without duals is refused unless `allow_random_duals` (then D_i start from random)."""
-        from drn_lightning.models import load_weights
-
+        """Start from trained P and D_i (the authors' `.pt` pair or our `.ckpt`), as the paper's adaptation does."""
         primal, duals, info = load_weights(weights, dual_weights, scale=self.scale)
         self.primal.load_state_dict(primal.state_dict())
         if self.duals is not None and duals is not None:
@@ -106,11 +91,9 @@ class DRNLitModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.val_set_names = list(getattr(getattr(self.trainer, "datamodule", None), "val_set_names", None) or ["val"])
+        args = self.scale, self.round_y
         self.val_metrics = nn.ModuleList(
-            nn.ModuleList(
-                [PSNRY(self.scale, self.round_y), SSIMY(self.scale, self.round_y), PSNRY(self.scale, self.round_y)]
-            )
-            for _ in self.val_set_names
+            nn.ModuleList([PSNRY(*args), SSIMY(*args), PSNRY(*args)]) for _ in self.val_set_names
         )
         if self.use_channels_last:
             self.to(memory_format=torch.channels_last)
@@ -130,15 +113,14 @@ class DRNLitModule(pl.LightningModule):
         terms = self.loss_fn(
             outputs, lr[: len(outputs) - 1], self._prepare(batch["hr"]), self.duals, batch.get("paired")
         )
-        loss = terms["loss"]
+        loss, names = terms["loss"], list(batch.get("name", []))
         if self._check_on_device():
-            self._queue_loss_check(loss, list(batch.get("name", [])))
+            self._queue_loss_check(loss, names)
         elif not torch.isfinite(loss):  # a host sync: free on the CPU
-            self._nonfinite(loss.item(), self.global_step, list(batch.get("name", [])))
+            self._nonfinite(loss.item(), self.global_step, names)
             return None
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/primal", terms["primal"])
-        self.log("train/dual", terms["dual"])
+        self.log_dict({"train/primal": terms["primal"], "train/dual": terms["dual"]})
         return loss
 
     def _nonfinite(self, value: float, step: int, names: list[str]) -> None:
@@ -148,8 +130,7 @@ class DRNLitModule(pl.LightningModule):
         self.print(f"skipping batch: {message}")
 
     def _check_on_device(self) -> bool:
-        """Check losses without a host sync per step (CUDA by default) where the optimiser can skip a step on the
-        device: a fused optimiser (it honours `found_inf`, as for GradScaler) and no GradScaler of its own."""
+        """No host sync per step (CUDA's default) where a fused optimiser without GradScaler skips a step itself."""
         if self.nonfinite_check == "host" or self._trainer is None:
             return False
         if self.nonfinite_check == "auto" and self.device.type != "cuda":
@@ -168,14 +149,11 @@ class DRNLitModule(pl.LightningModule):
         """Flag the step on the device for the optimiser and start a non-blocking copy of the loss to the host."""
         value = loss.detach().float()
         self._bad_since_step.append((~torch.isfinite(value)).float())
-        if value.device.type == "cuda":
-            host = torch.empty((), dtype=torch.float32, pin_memory=True)
-            host.copy_(value, non_blocking=True)
-            ready = torch.cuda.Event()
+        ready = torch.cuda.Event() if value.is_cuda else None
+        host = value.to("cpu", non_blocking=True)  # from CUDA: into pinned memory, without waiting
+        if ready is not None:
             ready.record()
-        else:
-            host, ready = value.cpu().clone(), None
-        self._unreported.append(_PendingLoss(self.global_step, names, host, ready))
+        self._unreported.append((self.global_step, names, host, ready))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if not self._bad_since_step:
@@ -191,15 +169,15 @@ class DRNLitModule(pl.LightningModule):
     def _report_losses(self, wait: bool) -> None:
         """Raise or log for non-finite losses that reached the host; `wait` also reads those still in flight."""
         while self._unreported:
-            pending = self._unreported[0]
-            if pending.ready is not None:
-                if not (wait or pending.ready.query()):
+            step, names, host, ready = self._unreported[0]
+            if ready is not None:
+                if not (wait or ready.query()):
                     return
-                pending.ready.synchronize()
+                ready.synchronize()
             self._unreported.pop(0)
-            value = float(pending.value)
+            value = float(host)
             if not math.isfinite(value):
-                self._nonfinite(value, pending.step, pending.names)
+                self._nonfinite(value, step, names)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._report_losses(wait=False)
@@ -211,7 +189,6 @@ class DRNLitModule(pl.LightningModule):
         self._report_losses(wait=True)
 
     def _metrics(self, dataloader_idx: int) -> tuple[PSNRY, SSIMY, PSNRY]:
-        """PSNR, SSIM and bicubic PSNR of one validation set."""
         psnr, ssim, bicubic = self.val_metrics[dataloader_idx].children()
         return psnr, ssim, bicubic  # type: ignore[return-value]
 

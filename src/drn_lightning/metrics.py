@@ -4,8 +4,8 @@ Protocol: SR is quantised to 8-bit levels, both images go to BT.601 Y, ``scale``
 off every border, then PSNR (peak 255) and SSIM (Wang et al. ``ssim.m``: 11x11 Gaussian window,
 sigma 1.5, K1 = 0.01, K2 = 0.03, 'valid' filtering, no downsampling) are computed per image in
 float64 and averaged over images. Inputs are float (or uint8) in 0-255, (N, C, H, W) or (C, H, W);
-1-channel (greyscale) input is used as Y directly, so ``round_y`` does not apply to it. PSNR of identical images is ``+inf`` (so a mean containing one is
-``+inf`` too): that is the true value and hides nothing, unlike clamping the MSE to an epsilon.
+1-channel (greyscale) input is used as Y directly, so ``round_y`` does not apply to it. PSNR of identical
+images is ``+inf`` (so is a mean containing one): the true value, unlike clamping the MSE to an epsilon.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from drn_lightning.ops.color import quantize, rgb_to_y
-
-__all__ = ["PSNRY", "SSIMY", "psnr_y", "ssim_y"]
 
 _DATA_RANGE = 255.0
 _SSIM_WINDOW = 11

@@ -1,13 +1,6 @@
 """Collect a multirun (e.g. a rho sweep) into a table and a PSNR-vs-rho plot, averaged over seeds.
 
-    python -m drn_lightning.report outputs/train/multiruns/2026-11-25_10-00-00 [--x data.unpaired_ratio]
-    python -m drn_lightning.report DIR --x data.unpaired_ratio --by degradation   # one curve per degradation
-
-Reads each job's `.hydra/config.yaml` and `eval.json` / `metrics.json`; writes `report.json`, `report.csv`
-(one row per job), `summary.json`/`summary.csv` (mean and sample standard deviation over the jobs that differ
-only in `seed`) and `psnr_vs_<x>.png` (error bars: one standard deviation) into the multirun directory, and
-prints the summary.
-"""
+Writes report.json/csv (one row per job), summary.json/csv (mean and sample std over seeds) and psnr_vs_<x>.png."""
 
 from __future__ import annotations
 
@@ -25,6 +18,8 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from drn_lightning.files import atomic_write, write_json
+
 DEFAULT_X = "data.unpaired_ratio"
 
 
@@ -35,8 +30,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def collect_runs(
     multirun_dir: str | Path, x_key: str = DEFAULT_X, keys: Sequence[str] = ("seed",)
 ) -> list[dict[str, Any]]:
-    """One row per finished job: the swept value, the config values of `keys`, per-set model/bicubic PSNR and
-    SSIM, and the val PSNR."""
+    """One row per finished job: the swept value, the values of `keys`, per-set PSNR/SSIM (and bicubic's), val PSNR."""
     root = Path(multirun_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: multirun directory not found")
@@ -44,13 +38,14 @@ def collect_runs(
     for config_path in sorted(root.glob("*/.hydra/config.yaml")):
         job_dir = config_path.parent.parent
         cfg = OmegaConf.load(config_path)
-        x_value = OmegaConf.select(cfg, x_key)
         metrics = _read_json(job_dir / "metrics.json")
         evaluation = _read_json(job_dir / "eval.json")
         if not metrics and not evaluation:
             continue  # a job that did not finish
-        row: dict[str, Any] = {"job": job_dir.name, x_key: x_value}
-        row.update({key: _plain(OmegaConf.select(cfg, key)) for key in keys if key != x_key})
+        row: dict[str, Any] = {"job": job_dir.name, x_key: OmegaConf.select(cfg, x_key)}
+        for key in keys:  # as JSON/CSV scalars (lists and dicts as their text); the swept value stays as it is
+            value = OmegaConf.select(cfg, key)
+            row.setdefault(key, value if value is None or isinstance(value, bool | int | float | str) else str(value))
         row["val_psnr"] = metrics.get("val/psnr")
         for set_name, scores in evaluation.items():
             row[f"{set_name}/psnr"] = scores["model"]["psnr"]
@@ -62,14 +57,8 @@ def collect_runs(
     return sorted(rows, key=lambda r: (r[x_key] is None, r[x_key] if r[x_key] is not None else 0))
 
 
-def _plain(value: Any) -> Any:
-    """A config value as a JSON/CSV scalar (lists and dicts as their text)."""
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
-
-
 def summarize(rows: list[dict[str, Any]], x_key: str = DEFAULT_X, by: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Mean, sample standard deviation (0 for one run) and count of every score over the rows that share the
-    values of `by` and `x_key`, i.e. over seeds."""
+    """Mean, sample std (0 for one run) and count of every score over the rows sharing `by` and `x_key`: over seeds."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tuple(row.get(k) for k in (*by, x_key)), []).append(row)
@@ -77,7 +66,8 @@ def summarize(rows: list[dict[str, Any]], x_key: str = DEFAULT_X, by: Sequence[s
     for values, members in groups.items():
         entry: dict[str, Any] = dict(zip((*by, x_key), values))
         entry["runs"] = len(members)
-        for column in _score_columns(members):
+        scored = (k for r in members for k in r if k == "val_psnr" or k.endswith(("/psnr", "/ssim", "/bicubic_psnr")))
+        for column in dict.fromkeys(scored):
             scores = [float(r[column]) for r in members if r.get(column) is not None]
             if scores:
                 entry[column] = statistics.fmean(scores)
@@ -88,68 +78,61 @@ def summarize(rows: list[dict[str, Any]], x_key: str = DEFAULT_X, by: Sequence[s
     )
 
 
-def _score_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """Columns holding a score (PSNR, SSIM), in first-seen order."""
-    return list(
-        dict.fromkeys(k for r in rows for k in r if k == "val_psnr" or k.endswith(("/psnr", "/ssim", "/bicubic_psnr")))
-    )
-
-
 def set_names(rows: list[dict[str, Any]]) -> list[str]:
     """Benchmark sets present in the rows, in first-seen order."""
-    names: list[str] = []
-    for row in rows:
-        for key in row:
-            if key.endswith("/psnr") and not key.endswith("bicubic_psnr"):
-                name = key[: -len("/psnr")]
-                if name not in names:
-                    names.append(name)
-    return names
+    return list(dict.fromkeys(key.removesuffix("/psnr") for row in rows for key in row if key.endswith("/psnr")))
 
 
 def plot_rows(rows: list[dict[str, Any]], x_key: str, path: Path, by: Sequence[str] = ()) -> Path:
-    """PSNR of each set against the swept value (one line per `by` group, error bars from `summarize`), with the
-    bicubic level dashed."""
-    import matplotlib
+    """PSNR of each set against the swept value, a line per `by` group (error bars from `summarize`), bicubic dashed."""
+    from matplotlib.figure import Figure  # no pyplot: no backend, no global figure to close
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = set_names(rows)
-    cols = min(3, max(1, len(names)))
-    grid_rows = -(-max(1, len(names)) // cols)
-    fig, axes = plt.subplots(grid_rows, cols, figsize=(4.5 * cols, 3.6 * grid_rows), squeeze=False)
-    for ax in axes.flat[len(names or ["val"]) :]:
+    panels = {name: f"{name}/psnr" for name in set_names(rows)} or {"val": "val_psnr"}
+    cols = min(3, len(panels))
+    grid_rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.5 * cols, 3.6 * grid_rows))
+    axes = fig.subplots(grid_rows, cols, squeeze=False)
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     curves: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         curves.setdefault(", ".join(f"{k.rsplit('.', 1)[-1]}={row.get(k)}" for k in by) or "DRN", []).append(row)
-    for ax, name in zip(axes.flat, names or ["val"]):
-        column = f"{name}/psnr" if names else "val_psnr"
+    for ax, (name, column) in zip(axes.flat, panels.items()):
         for label, members in curves.items():
             points = [(r[x_key], r.get(column), r.get(f"{column}_std", 0.0)) for r in members]
             points = [p for p in points if p[0] is not None and p[1] is not None]
             if points:
                 xs, ys, errs = zip(*points)
                 ax.errorbar(xs, ys, yerr=errs, fmt="o-", capsize=3, label=label)
-        bicubic = [r.get(f"{name}/bicubic_psnr") for r in rows if r.get(f"{name}/bicubic_psnr") is not None]
+        bicubic = [r[f"{name}/bicubic_psnr"] for r in rows if r.get(f"{name}/bicubic_psnr") is not None]
         if bicubic:
             ax.axhline(bicubic[0], color="gray", linestyle="--", label="bicubic")
-        ax.set_title(name)
-        ax.set_xlabel(x_key.rsplit(".", 1)[-1])
-        ax.set_ylabel("PSNR-Y (dB)")
+        ax.set(title=name, xlabel=x_key.rsplit(".", 1)[-1], ylabel="PSNR-Y (dB)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
-def _print_summary(title: str, summary: list[dict[str, Any]], keys: Sequence[str]) -> None:
-    """The summary as a rich table: the keys, the run count and each set's PSNR as mean ± std (dB)."""
-    names = set_names(summary)
-    table = Table(title=title)
+def _write_rows(rows: list[dict[str, Any]], stem: Path) -> dict[str, Path]:
+    """`<stem>.json` and `<stem>.csv` of the rows."""
+    paths = {"json": write_json(rows, stem.with_suffix(".json"))}
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+    writer.writeheader()
+    writer.writerows(rows)
+    paths["csv"] = atomic_write(stem.with_suffix(".csv"), lambda handle: handle.write(text.getvalue().encode()))
+    return paths
+
+
+def write_report(multirun_dir: str | Path, x_key: str = DEFAULT_X, by: Sequence[str] = ()) -> dict[str, Path]:
+    """Collect, print (PSNR as mean ± std per set), and write the per-job report, the summary and the plot."""
+    root = Path(multirun_dir)
+    rows = collect_runs(root, x_key, ("seed", *by))
+    summary = summarize(rows, x_key, by)
+    names, keys = set_names(summary), (*by, x_key)
+    table = Table(title=f"{root}: {len(rows)} runs, PSNR-Y mean ± std over seeds")
     for column in (*keys, "runs", *(f"{n} PSNR" for n in names)):
         table.add_column(column.rsplit(".", 1)[-1], justify="right")
     for row in summary:
@@ -157,29 +140,6 @@ def _print_summary(title: str, summary: list[dict[str, Any]], keys: Sequence[str
         cells = [f"{m:.2f} ± {row[f'{n}/psnr_std']:.2f}" if m is not None else "" for n, m in zip(names, scores)]
         table.add_row(*(str(row.get(k)) for k in (*keys, "runs")), *cells)
     Console(width=max(120, 24 * (len(keys) + len(names)))).print(table)
-
-
-def _write_rows(rows: list[dict[str, Any]], stem: Path) -> dict[str, Path]:
-    """`<stem>.json` and `<stem>.csv` of the rows."""
-    from drn_lightning.files import atomic_write, write_json
-
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    write_json(rows, stem.with_suffix(".json"))
-
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(stem.with_suffix(".csv"), lambda handle: handle.write(text.getvalue().encode()))
-    return {"json": stem.with_suffix(".json"), "csv": stem.with_suffix(".csv")}
-
-
-def write_report(multirun_dir: str | Path, x_key: str = DEFAULT_X, by: Sequence[str] = ()) -> dict[str, Path]:
-    """Collect, print, and write the per-job report, the summary over seeds and the plot; returns the paths."""
-    root = Path(multirun_dir)
-    rows = collect_runs(root, x_key, ("seed", *by))
-    summary = summarize(rows, x_key, by)
-    _print_summary(f"{root}: {len(rows)} runs, PSNR-Y mean ± std over seeds", summary, (*by, x_key))
     paths = _write_rows(rows, root / "report")
     paths.update({f"summary_{k}": v for k, v in _write_rows(summary, root / "summary").items()})
     try:

@@ -1,9 +1,5 @@
-"""SR data: image IO, folder datasets, the mixed paired/unpaired sampler, demo photos, DataModule.
-
-Never imports model code. The DataModule (which pulls in Lightning) loads on first access, so
-``from drn_lightning.data import read_image`` stays light and ``drn_lightning.data.SRDataModule`` still
-resolves for Hydra's ``_target_``.
-"""
+"""SR data: image IO, folder datasets, the mixed paired/unpaired sampler, demo photos and the DataModule, which (with
+Lightning) loads on first access: `read_image` stays light and Hydra's `drn_lightning.data.SRDataModule` resolves."""
 
 from __future__ import annotations
 

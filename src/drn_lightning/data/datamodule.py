@@ -1,21 +1,9 @@
-"""The Lightning DataModule: training batches mixing paired and unpaired samples at an exact ratio, and
-whole-image validation sets, from datasets the config names (`conf/data/*.yaml`)::
+"""The Lightning DataModule: training batches mixing paired and unpaired samples at an exact ratio, and whole-image
+validation sets, from the dataset factories a config names (`conf/data/*.yaml`, `_partial_: true`).
 
-    _target_: drn_lightning.data.SRDataModule
-    scale: 4
-    patch_size: 96
-    batch_size: 16
-    train: {_target_: drn_lightning.data.PairedDataset, _partial_: true, hr_dir: ..., lr_dir: ...}
-    unpaired: {_target_: drn_lightning.data.UnpairedDataset, _partial_: true, hr_dir: ..., degradation: nearest}
-    unpaired_ratio: 0.3
-    val_sets:
-      Set5: {_target_: drn_lightning.data.BenchmarkDataset, _partial_: true, root: ..., set_name: Set5}
-
-Each dataset entry is a factory (`_partial_: true`) that this module calls with `scale` (and `patch_size` for
-training data), after checking its own options, so a bad option or folder fails before training starts.
-
-DDP: the train loader's `MixedBatchSampler` shards each global batch itself, so the Trainer runs with
-``use_distributed_sampler=False``; rank and world size come from the trainer when the loader is built.
+The DataModule calls each factory with `scale` (and `patch_size` for training data) when it is built, so a bad option
+or folder fails before training starts. The train loader's `MixedBatchSampler` shards each global batch itself, so
+the Trainer runs with ``use_distributed_sampler=False``.
 """
 
 from __future__ import annotations
@@ -33,20 +21,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from drn_lightning.checks import fraction, integer
 from drn_lightning.data.samplers import KeyedConcatDataset, MixedBatchSampler
 
-__all__ = ["ResumableLoader", "SRDataModule", "ShardSampler"]
-
 log = logging.getLogger(__name__)
 
 DatasetFactory = Callable[..., Dataset[Any]]
 
 
 class ShardSampler(Sampler[int]):
-    """Indices ``rank, rank + world, ...``: each item on exactly one rank, no padding duplicates.
-
-    Used for whole-image validation (batch 1) so DDP ranks split the work without the repeated
-    items ``DistributedSampler`` pads with, which would bias the mean. Ranks may get one item
-    fewer than others; metrics that sync sums/counts (torchmetrics) still give the exact mean.
-    """
+    """Indices ``rank, rank + world, ...``: each item on exactly one rank, without the duplicates `DistributedSampler`
+    pads with, which would bias the validation mean (torchmetrics syncs sums and counts, so it stays exact)."""
 
     def __init__(self, length: int, num_replicas: int = 1, rank: int = 0) -> None:
         """Remember the set size and this rank's position."""
@@ -64,11 +46,8 @@ class ShardSampler(Sampler[int]):
 
 
 class ResumableLoader(DataLoader[Any]):
-    """The train loader Lightning resumes mid-epoch: its state is (epoch, batches yielded), and its batch sampler,
-    a pure function of (seed, epoch, position), starts the resumed epoch at that batch (`MixedBatchSampler.start_at`).
-
-    Lightning fetches without look-ahead from a loader with a length, so batches yielded = batches trained on.
-    """
+    """The train loader Lightning resumes mid-epoch: its state is (epoch, batches yielded; Lightning does not look
+    ahead in a sized loader, so that is batches trained on), and its sampler restarts the epoch there (`start_at`)."""
 
     batch_sampler: MixedBatchSampler
 
@@ -78,25 +57,20 @@ class ResumableLoader(DataLoader[Any]):
         self._resume: dict[str, int] | None = None
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        # A generator, so the sampler is read (and workers start prefetching) at the first batch: Lightning creates
-        # the iterator of a resumed epoch before it calls set_epoch on the sampler.
-        return self._batches()
+        return self._batches()  # read at the first batch: Lightning calls set_epoch after creating the iterator
 
     def _batches(self) -> Iterator[Any]:
         start, self._resume = self._resume, None
-        self._yielded = 0
-        if start is not None and start["batches"] >= len(self.batch_sampler):
-            start = None  # saved at the end of its epoch: the next one starts from its first batch
-        if start is not None and start["epoch"] == self.batch_sampler.epoch:
-            self._yielded = start["batches"]
-            self.batch_sampler.start_at(self._yielded)
-            log.info("resume: skipping the %d batches of epoch %d already trained on", self._yielded, start["epoch"])
-        elif start is not None:
-            log.warning(
-                "resume: the checkpoint is in epoch %d, the loader in %d; the epoch restarts",
-                start["epoch"],
-                self.batch_sampler.epoch,
-            )
+        self._yielded, epoch = 0, self.batch_sampler.epoch
+        if start is not None and start["batches"] < len(self.batch_sampler):  # else saved at its epoch's end
+            if start["epoch"] == epoch:
+                self._yielded = start["batches"]
+                self.batch_sampler.start_at(self._yielded)
+                log.info("resume: skipping the %d batches of epoch %d already trained on", self._yielded, epoch)
+            else:
+                log.warning(
+                    "resume: the checkpoint is in epoch %d, the loader in %d; the epoch restarts", start["epoch"], epoch
+                )
         for batch in super().__iter__():
             self._yielded += 1
             yield batch
@@ -111,8 +85,7 @@ class ResumableLoader(DataLoader[Any]):
 
 
 def _build(role: str, factory: DatasetFactory | Dataset[Any], **given: Any) -> Dataset[Any]:
-    """Call a dataset factory (a dataset passes through); an error about one of its own arguments says which
-    dataset's (`train.on_bad_file=...`), one about `scale`/`patch_size` stays this module's."""
+    """Call a dataset factory (a dataset passes through), prefixing an error about its own argument with the role."""
     if not callable(factory):
         return factory
     try:
@@ -195,13 +168,8 @@ class SRDataModule(pl.LightningDataModule):
 
     def _loader_options(self, num_workers: int) -> dict[str, Any]:
         """Shared DataLoader options; pin memory only when there is a GPU to pin for."""
-        options: dict[str, Any] = {
-            "num_workers": num_workers,
-            "pin_memory": self.pin_memory and torch.cuda.is_available(),
-        }
-        if num_workers > 0:
-            options["persistent_workers"] = self.persistent_workers
-        return options
+        persistent = {"persistent_workers": self.persistent_workers} if num_workers > 0 else {}
+        return {"num_workers": num_workers, "pin_memory": self.pin_memory and torch.cuda.is_available(), **persistent}
 
     def rank_batch_size(self, world: int) -> int:
         """Samples per rank per step: `batch_size`, or its share of it with `global_batch`."""
@@ -246,12 +214,8 @@ class SRDataModule(pl.LightningDataModule):
         return self._train_loader.state_dict() if self._train_loader is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Lightning restores this before the train loader is built. (The fit loop's own copy of the loader's state
-        comes too late: `configure_optimizers` asks for `estimated_stepping_batches`, which builds the loader
-        before the loops are restored.)"""
-        self._resume = (
-            {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])} if state_dict else None
-        )
+        """Restored before the train loader is built, unlike the fit loop's copy (`estimated_stepping_batches` builds it)."""
+        self._resume = dict(state_dict) if state_dict else None
 
     def val_dataloader(self) -> list[DataLoader[Any]]:
         """One batch-1 loader per validation set, in `val_set_names` order, split over ranks without duplicates."""
@@ -267,8 +231,7 @@ class SRDataModule(pl.LightningDataModule):
         ]
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """A fully paired batch drops its `paired` mask, so the loss skips per-sample masking; read here, on the
-        CPU, because on a GPU reading it would cost a device sync every step."""
+        """A fully paired batch drops its `paired` mask so the loss skips masking; read on the CPU, saving a GPU sync."""
         if isinstance(batch, dict) and isinstance(batch.get("paired"), torch.Tensor) and bool(batch["paired"].all()):
             batch = {**batch, "paired": None}
         return batch

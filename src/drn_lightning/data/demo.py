@@ -1,12 +1,8 @@
-"""Offline demo data: the public-domain / CC0 colour photos shipped inside scikit-image's wheel.
+"""Offline demo data: public-domain / CC0 photos read from the installed scikit-image wheel (no network), written
+once as PNGs into one folder per split so the ordinary folder datasets serve them.
 
-They are read straight from the installed ``skimage/data`` folder (no ``pooch`` download, no
-network) and written once as PNGs into ``<root>/train`` and ``<root>/val``, so the ordinary
-folder datasets serve them. Licences, per scikit-image's ``skimage.data`` docstrings:
-astronaut (NASA, public domain), rocket (SpaceX, public domain), hubble_deep_field (NASA, public
-domain), immunohistochemistry (no known copyright restrictions), retina (CC0), chelsea (CC0,
-Stefan van der Walt), coffee (CC0, Rachel Michetti); greyscale, repeated to RGB: camera (CC0, Lav Varshney),
-brick, grass, gravel (CC0 textures), coins (no known copyright restrictions).
+Licences, per ``skimage.data``: astronaut, hubble_deep_field (NASA), rocket (SpaceX): public domain; chelsea, coffee,
+retina, camera, brick, grass, gravel: CC0; immunohistochemistry, coins: no known copyright restrictions.
 """
 
 from __future__ import annotations
@@ -21,21 +17,6 @@ from PIL import Image
 
 from drn_lightning.data.io import read_image
 from drn_lightning.files import atomic_write
-
-__all__ = [
-    "DEMO_FILES",
-    "DEMO_GREYSCALE",
-    "DEMO_PAIRED",
-    "DEMO_SPLITS",
-    "DEMO_TRAIN",
-    "DEMO_UNPAIRED",
-    "DEMO_VAL",
-    "default_demo_root",
-    "demo_image_path",
-    "demo_photos",
-    "load_demo_image",
-    "materialize_demo",
-]
 
 DEMO_FILES: dict[str, str] = {
     "astronaut": "astronaut.png",
@@ -53,34 +34,16 @@ DEMO_FILES: dict[str, str] = {
 }
 """Demo name -> file inside ``skimage/data``: the RGB photos plus CC0 greyscale photos/textures (made RGB)."""
 
-DEMO_TRAIN: tuple[str, ...] = (
-    "astronaut",
-    "rocket",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "retina",
-    "camera",
-    "brick",
-    "grass",
-    "gravel",
-    "coins",
-)
-"""Training photos (never used for validation)."""
+DEMO_PAIRED: tuple[str, ...] = ("astronaut", "hubble_deep_field", "immunohistochemistry", "camera", "brick")
+DEMO_UNPAIRED: tuple[str, ...] = ("rocket", "retina", "grass", "gravel", "coins")
+"""Two disjoint halves of the training photos (splits ``paired`` / ``unpaired``): the semi-supervised experiments
+never see the HR of their unpaired images as paired data."""
 
+DEMO_TRAIN: tuple[str, ...] = DEMO_PAIRED + DEMO_UNPAIRED
 DEMO_VAL: tuple[str, ...] = ("chelsea", "coffee")
 """Held-out validation photos, disjoint from :data:`DEMO_TRAIN`."""
 
-DEMO_PAIRED: tuple[str, ...] = ("astronaut", "hubble_deep_field", "immunohistochemistry", "camera", "brick")
-DEMO_UNPAIRED: tuple[str, ...] = ("rocket", "retina", "grass", "gravel", "coins")
-"""Two disjoint halves of :data:`DEMO_TRAIN` (split ``paired`` / ``unpaired``): the semi-supervised experiments
-never see the HR of their unpaired images as paired data."""
-
-DEMO_SPLITS: dict[str, tuple[str, ...]] = {
-    "train": DEMO_TRAIN,
-    "val": DEMO_VAL,
-    "paired": DEMO_PAIRED,
-    "unpaired": DEMO_UNPAIRED,
-}
+DEMO_SPLITS = {"train": DEMO_TRAIN, "val": DEMO_VAL, "paired": DEMO_PAIRED, "unpaired": DEMO_UNPAIRED}
 """Folder name under the demo root -> the photos written into it."""
 
 DEMO_GREYSCALE: tuple[str, ...] = ("camera", "brick", "grass", "gravel", "coins")
@@ -122,29 +85,18 @@ def default_demo_root() -> Path:
 
 
 def materialize_demo(folder: str | os.PathLike[str] | None = None) -> dict[str, Path]:
-    """Write the demo photos as PNGs into one folder per split (:data:`DEMO_SPLITS`) once; returns their paths.
-
-    Idempotent: photos already present (same pixel size as the source) are left alone.
-    """
+    """Write the demo photos as PNGs into one folder per split (:data:`DEMO_SPLITS`), leaving complete ones alone."""
     root = Path(folder).expanduser() if folder is not None else default_demo_root()
-    out: dict[str, Path] = {}
     for split, names in DEMO_SPLITS.items():
-        split_dir = root / split
-        split_dir.mkdir(parents=True, exist_ok=True)
         for name in names:
-            target = split_dir / f"{name}.png"
-            source = demo_image_path(name)
-            if target.is_file() and _same_size(source, target):
-                continue
-            atomic_write(target, partial(Image.Image.save, Image.fromarray(read_image(source)), format="PNG"))
-        out[split] = split_dir
-    return out
+            target, source = root / split / f"{name}.png", demo_image_path(name)
+            if not (target.is_file() and _same_size(source, target)):
+                atomic_write(target, partial(Image.Image.save, Image.fromarray(read_image(source)), format="PNG"))
+    return {split: root / split for split in DEMO_SPLITS}
 
 
 def demo_photos(split: str | None = None, root: str | os.PathLike[str] | None = None) -> Path:
-    """The folder of one split (`train`: 10 photos, `val`: chelsea and coffee, `paired`/`unpaired`: disjoint halves
-    of `train`; None: the folder holding them), written on first use. Data configs pass it as a folder made when
-    the dataset is built (`_partial_: true`)."""
+    """The folder of one split (None: the folder holding them), written on first use; configs pass it as a callable."""
     if split is not None and split not in DEMO_SPLITS:
         raise ValueError(f"split={split!r}; allowed: {', '.join(DEMO_SPLITS)}, null")
     folders = materialize_demo(root)

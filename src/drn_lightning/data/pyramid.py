@@ -1,9 +1,7 @@
-"""What the SR datasets share: LR-pyramid geometry, aligned crops and flips, the on-disk LR cache, and validated
-lists of HR images (with optional LR files) that serve mod-cropped uint8 pyramids.
+"""What the SR datasets share: LR-pyramid geometry, aligned flips, the on-disk LR cache, and the checked files.
 
-LR level ``k`` has factor ``f = scale / 2**k`` relative to the HR: an HR patch at ``(y, x)`` of
-size ``p`` (``y``, ``x`` multiples of ``scale``) corresponds exactly to the LR crop at
-``(y / f, x / f)`` of size ``p / f`` at that level.
+LR level k has factor f = scale / 2**k: the HR patch at (y, x) of size p (y, x multiples of scale) corresponds
+exactly to the LR crop at (y / f, x / f) of size p / f at that level.
 """
 
 from __future__ import annotations
@@ -12,8 +10,7 @@ import hashlib
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import IO, Any
@@ -22,8 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torch.utils.data import Dataset
 
-from drn_lightning.data.io import ImageReadError, read_image, read_image_size
+from drn_lightning.checks import integer, one_of
+from drn_lightning.data.io import ON_BAD_FILE_CHOICES, ImageReadError, read_image, read_image_size
 from drn_lightning.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -36,8 +35,7 @@ def pyramid_factors(scale: int) -> list[int]:
     """Downscale factors of DRN's LR levels, coarse to fine (x8 -> [8, 4, 2]): one per x2 block."""
     if isinstance(scale, bool) or not isinstance(scale, int | np.integer) or scale < 2 or scale & (scale - 1):
         raise ValueError(f"scale must be a power of two >= 2 (2, 4, 8, ...), got {scale!r}")
-    scale = int(scale)
-    return [scale >> k for k in range(int(math.log2(scale)))]
+    return [int(scale) >> k for k in range(int(math.log2(scale)))]
 
 
 def mod_crop(image: np.ndarray, scale: int) -> np.ndarray:
@@ -46,42 +44,29 @@ def mod_crop(image: np.ndarray, scale: int) -> np.ndarray:
     return image[: h - h % scale, : w - w % scale]
 
 
-def crop_pyramid(
-    hr: np.ndarray | None,
-    lrs: Sequence[np.ndarray],
-    factors: Sequence[int],
-    patch_size: int,
-    y: int,
-    x: int,
-) -> tuple[np.ndarray | None, list[np.ndarray]]:
-    """Cut the HR patch at (y, x) and the matching patch of every LR level (factor f: (y/f, x/f))."""
-    hr_patch = None if hr is None else hr[y : y + patch_size, x : x + patch_size]
-    lr_patches = []
-    for lr, f in zip(lrs, factors, strict=True):
-        if y % f or x % f or patch_size % f:
-            raise ValueError(f"crop ({y}, {x}) size {patch_size} is not aligned to LR factor {f}")
-        q = patch_size // f
-        lr_patches.append(lr[y // f : y // f + q, x // f : x // f + q])
-    return hr_patch, lr_patches
-
-
 def augment_arrays(arrays: Sequence[np.ndarray], hflip: bool, vflip: bool, transpose: bool) -> list[np.ndarray]:
     """Apply one dihedral transform to all levels alike, so LR and HR patches stay aligned."""
     out = []
     for a in arrays:
-        if hflip:
-            a = a[:, ::-1]
-        if vflip:
-            a = a[::-1]
-        if transpose:
-            a = a.transpose(1, 0, 2)
-        out.append(a)
+        a = a[:, ::-1] if hflip else a
+        a = a[::-1] if vflip else a
+        out.append(a.transpose(1, 0, 2) if transpose else a)
     return out
+
+
+def chw(image: np.ndarray) -> Tensor:
+    """(H, W, 3) uint8 array -> (3, H, W) uint8 tensor, as the degradations take it."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def hwc(image: Tensor) -> np.ndarray:
+    """(3, H, W) tensor -> (H, W, 3) uint8 array, like a stored PNG."""
+    return np.ascontiguousarray(image.to(torch.uint8).permute(1, 2, 0).numpy())
 
 
 def to_tensor(image: np.ndarray) -> Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32 in 0-255, the range the models work in."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(torch.float32)
+    return chw(image).to(torch.float32)
 
 
 def random_flags(augment: bool, generator: torch.Generator | None = None) -> tuple[bool, bool, bool]:
@@ -106,75 +91,28 @@ def split_key(key: int | SampleKey) -> tuple[int, int | None]:
     return int(key), None
 
 
-def admit(path: Path, accept: Callable[[], bool], on_bad_file: str, skipped: list[Path]) -> bool:
-    """Run one file's checks (`accept`: sizes, optional decoding; False = too small, already warned about).
-
-    True keeps the file. An unreadable file raises, or under on_bad_file='skip' is warned about; either way a
-    file that is not kept is listed in `skipped`.
-    """
-    try:
-        if accept():
-            return True
-    except (ImageReadError, OSError) as exc:
-        if on_bad_file == "raise":
-            raise
-        log.warning("skipping unreadable image %s: %s", path, exc)
-    skipped.append(path)
-    return False
-
-
-def load_readable(
-    index: int,
-    count: int,
-    load: Callable[[int], Any],
-    path_of: Callable[[int], Path],
-    on_bad_file: str,
-    bad: set[int],
-    source: Path,
-) -> tuple[int, Any]:
-    """Item `index`, or under on_bad_file='skip' the next readable one: a file that breaks only when it is
-    decoded lazily is warned about once per process and routed around after that."""
-    for attempt in range(count):
-        j = (index + attempt) % count
-        if j in bad:
-            continue
-        try:
-            return j, load(j)
-        except (ImageReadError, OSError) as exc:
-            if on_bad_file == "raise":
-                raise
-            bad.add(j)
-            log.warning("skipping unreadable image %s: %s", path_of(j), exc)
-    raise ImageReadError(f"{source}: no readable image left")
-
-
 def default_lr_cache_dir(hr_dir: str | os.PathLike[str]) -> Path:
     """``<hr_dir parent>/.drn_cache/<hr_dir name>`` when writable, else a per-user cache folder."""
     hr_dir = Path(hr_dir).expanduser().resolve()
     beside = hr_dir.parent / ".drn_cache" / hr_dir.name
-    if _writable(beside):
-        return beside
+    try:
+        beside.mkdir(parents=True, exist_ok=True)
+        if os.access(beside, os.W_OK | os.X_OK):
+            return beside
+    except OSError:
+        pass
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     digest = hashlib.sha1(os.fsencode(hr_dir)).hexdigest()[:12]
     return base / "drn_lightning" / "lr_cache" / f"{hr_dir.name}-{digest}"
 
 
-def _writable(folder: Path) -> bool:
-    """Whether the folder exists or can be created, and accepts new files."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK | os.X_OK)
+def _save_png(image: np.ndarray, handle: IO[bytes]) -> None:
+    Image.fromarray(image).save(handle, format="PNG", compress_level=1)
 
 
 class LRCache:
-    """Disk cache of bicubic LR pyramids made with ``lr_pyramid``, keyed by HR path, size and mtime.
-
-    A changed HR file gets a new key and is regenerated; entries of old versions are left
-    orphaned (the folder is safe to delete at any time). Writes are atomic, so several ranks or
-    workers filling the cache at once only repeat work.
-    """
+    """Disk cache of LR pyramids made with ``lr_pyramid``, keyed by HR path, size and mtime: a changed HR file gets
+    a new entry (old ones are orphaned; the folder is safe to delete), and atomic writes let ranks share it."""
 
     def __init__(self, cache_dir: str | os.PathLike[str], scale: int, method: str = "bicubic") -> None:
         """Remember where to cache and which pyramid (scale, degradation) the entries hold."""
@@ -204,7 +142,6 @@ class LRCache:
                 log.warning("LR cache entry for %s unreadable (%s); regenerating", hr_path, exc)
         levels = self.make(hr)
         try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
             for level, path in zip(levels, paths, strict=True):
                 atomic_write(path, partial(_save_png, level))
         except OSError as exc:
@@ -215,30 +152,81 @@ class LRCache:
         """Compute the pyramid from a uint8 HR array (uint8 in -> uint8 out, like stored PNGs)."""
         from drn_lightning.ops.degrade import lr_pyramid
 
-        hr_t = torch.from_numpy(np.ascontiguousarray(hr.transpose(2, 0, 1)))
-        levels = lr_pyramid(hr_t, self.scale, method=self.method)
-        return [np.ascontiguousarray(lv.to(torch.uint8).permute(1, 2, 0).numpy()) for lv in levels]
+        return [hwc(lv) for lv in lr_pyramid(chw(hr), self.scale, method=self.method)]
 
 
-def _save_png(image: np.ndarray, handle: IO[bytes]) -> None:
-    Image.fromarray(image).save(handle, format="PNG", compress_level=1)
+class FolderDataset(Dataset[dict[str, Any]]):
+    """What the folder datasets share: the scale's LR levels and the files that passed their checks, decoded on
+    demand or once into memory. An unreadable file raises, or under on_bad_file='skip' is left out with a warning
+    (one found only when decoded lazily is routed around)."""
 
+    def __init__(self, scale: int, on_bad_file: str, cache_in_memory: bool, max_pixels: int | None) -> None:
+        """Validate the options every folder dataset takes."""
+        self.factors = pyramid_factors(scale)
+        self.scale = int(scale)
+        self.on_bad_file = one_of(on_bad_file, "on_bad_file", ON_BAD_FILE_CHOICES)
+        self.cache_in_memory = bool(cache_in_memory)
+        self.max_pixels = None if max_pixels is None else integer(max_pixels, "max_pixels", 1)
+        self.files: list[Path] = []
+        self._memory: list[Any] = []
+        self._bad: set[int] = set()
 
-@dataclass
-class _Entry:
-    """One usable image: its HR file and, per LR level, a file or None (= generate)."""
+    def _fits(self, path: Path) -> bool:
+        """Header checks of one file; False = too small for a sample (already warned about)."""
+        raise NotImplementedError
 
-    hr_path: Path
-    lr_paths: list[Path | None]
+    def _load(self, path: Path) -> Any:
+        """Decode one file into the arrays its samples are cut from."""
+        raise NotImplementedError
+
+    def _check_files(self, files: Sequence[Path], what: str) -> None:
+        """Keep the files that pass `_fits` (in `files`), decoding them now when caching in memory."""
+        skipped: list[Path] = []
+        for path in files:
+            try:
+                if self._fits(path):
+                    if self.cache_in_memory:
+                        self._memory.append(self._load(path))
+                    self.files.append(path)
+                    continue
+            except (ImageReadError, OSError) as exc:
+                if self.on_bad_file == "raise":
+                    raise
+                log.warning("skipping unreadable image %s: %s", path, exc)
+            skipped.append(path)
+        if not self.files:
+            raise ValueError(
+                f"{what}: no usable images left ({len(skipped)} skipped as unreadable or too small): "
+                f"{[p.name for p in skipped][:10]}"
+            )
+
+    @property
+    def num_images(self) -> int:
+        """Number of usable images."""
+        return len(self.files)
+
+    def load_full(self, image_index: int) -> Any:
+        """The whole arrays (uint8 HWC) one image's samples are cut from, for checks and debugging."""
+        return self._memory[image_index] if self.cache_in_memory else self._load(self.files[image_index])
+
+    def _readable(self, index: int) -> tuple[int, Any]:
+        """Image `index`, or under on_bad_file='skip' the next readable one (each broken file is warned about once)."""
+        n = self.num_images
+        for j in (k % n for k in range(index, index + n)):
+            if j in self._bad:
+                continue
+            try:
+                return j, self.load_full(j)
+            except (ImageReadError, OSError) as exc:
+                if self.on_bad_file == "raise":
+                    raise
+                self._bad.add(j)
+                log.warning("skipping unreadable image %s: %s", self.files[j], exc)
+        raise ImageReadError(f"{self.files[0].parent}: no readable image left")
 
 
 def _check_lr_size(
-    lr_size: tuple[int, int],
-    hr_size: tuple[int, int],
-    factor: int,
-    scale: int,
-    lr_path: Path,
-    hr_path: Path,
+    lr_size: tuple[int, int], hr_size: tuple[int, int], factor: int, scale: int, lr_path: Path, hr_path: Path
 ) -> tuple[int, int]:
     """LR size must cover HR/f after mod-crop and not exceed ceil(HR/f); returns the crop size."""
     h, w = hr_size
@@ -254,102 +242,49 @@ def _check_lr_size(
     return need
 
 
-def div2k_lr_paths(lr_dir: Path, hr_path: Path, factors: Sequence[int]) -> list[Path | None]:
-    """DIV2K naming: ``lr_dir/X{f}/{stem}x{f}.png`` for every level."""
-    return [lr_dir / f"X{f}" / f"{hr_path.stem}x{f}.png" for f in factors]
+class PyramidDataset(FolderDataset):
+    """HR files serving mod-cropped uint8 pyramids: a level comes from ``lr_dir/X{f}/{stem}x{f}.png`` (sizes checked
+    from the headers), else from ``lr_cache``."""
 
+    lr_cache: LRCache | None
 
-class PyramidImages:
-    """Validates a list of HR files (+ optional LR files) and serves mod-cropped uint8 pyramids."""
-
-    def __init__(
-        self,
-        hr_files: Sequence[Path],
-        lr_lookup: Callable[[Path], list[Path | None]],
-        scale: int,
-        min_size: int,
-        lr_cache: LRCache | None,
-        cache_in_memory: bool,
-        on_bad_file: str,
-        max_pixels: int | None,
-        what: str,
+    def _check_pyramids(
+        self, hr_files: Sequence[Path], lr_dir: Path | None, lr_required: bool, min_size: int, what: str
     ) -> None:
-        """Read headers (or whole images when caching in memory) and drop unusable files."""
-        self.scale = scale
-        self.factors = pyramid_factors(scale)
-        self.lr_cache = lr_cache
-        self.cache_in_memory = cache_in_memory
-        self.on_bad_file = on_bad_file
-        self.max_pixels = max_pixels
-        self.entries: list[_Entry] = []
-        self.skipped: list[Path] = []
-        self._memory: list[tuple[np.ndarray, list[np.ndarray]]] = []
+        """Find each HR file's LR files (with `lr_required` they must exist), then check every image."""
+        self.min_size = min_size
+        self.lr_files: dict[Path, dict[int, Path]] = {}
         for hr_path in hr_files:
-            lr_paths: list[Path | None] = lr_lookup(hr_path)
-            for lr_path in lr_paths:
-                if lr_path is not None and not lr_path.is_file():
+            candidates = (
+                {f: lr_dir / f"X{f}" / f"{hr_path.stem}x{f}.png" for f in self.factors} if lr_dir is not None else {}
+            )
+            for lr_path in candidates.values():
+                if lr_required and not lr_path.is_file():
                     raise FileNotFoundError(f"LR file {lr_path} for HR file {hr_path} does not exist")
-            entry = _Entry(hr_path, lr_paths)
-            if admit(hr_path, partial(self._accept, entry, min_size), on_bad_file, self.skipped):
-                self.entries.append(entry)
-        if not self.entries:
-            raise ValueError(
-                f"{what}: no usable images left ({len(self.skipped)} skipped as unreadable or "
-                f"smaller than {min_size}x{min_size}): {[p.name for p in self.skipped][:10]}"
-            )
+            self.lr_files[hr_path] = {f: p for f, p in candidates.items() if p.is_file()}
+        self._check_files(hr_files, what)
 
-    def __len__(self) -> int:
-        """Number of usable images."""
-        return len(self.entries)
+    def _fits(self, path: Path) -> bool:
+        """Header checks (LR/HR size mismatches raise here); the mod-cropped HR must hold a min_size patch."""
+        h, w = read_image_size(path, self.max_pixels)
+        for f, lr_path in self.lr_files[path].items():
+            _check_lr_size(read_image_size(lr_path, self.max_pixels), (h, w), f, self.scale, lr_path, path)
+        h, w, m = h - h % self.scale, w - w % self.scale, self.min_size
+        if h >= m and w >= m:
+            return True
+        log.warning("skipping %s: %dx%d (WxH, mod-cropped) is smaller than the %dx%d patch needed", path, w, h, m, m)
+        return False
 
-    def _accept(self, entry: _Entry, min_size: int) -> bool:
-        """Header checks (LR/HR size mismatches raise here), then decode into memory when caching."""
-        h, w = self._check_headers(entry)
-        if h < min_size or w < min_size:
-            log.warning(
-                "skipping %s: %dx%d (WxH, after cropping to a multiple of scale %d) is smaller than the %dx%d patch needed",
-                entry.hr_path,
-                w,
-                h,
-                self.scale,
-                min_size,
-                min_size,
-            )
-            return False
-        if self.cache_in_memory:
-            self._memory.append(self._load(entry))
-        return True
-
-    def _check_headers(self, entry: _Entry) -> tuple[int, int]:
-        """Validate HR/LR sizes from headers only; returns the mod-cropped HR size."""
-        h, w = read_image_size(entry.hr_path, self.max_pixels)
-        for f, lr_path in zip(self.factors, entry.lr_paths, strict=True):
-            if lr_path is not None:
-                _check_lr_size(read_image_size(lr_path, self.max_pixels), (h, w), f, self.scale, lr_path, entry.hr_path)
-        return h - h % self.scale, w - w % self.scale
-
-    def _load(self, entry: _Entry) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Decode the HR, mod-crop it, and get each LR level from its file or the cache."""
-        full = read_image(entry.hr_path, self.max_pixels)
+    def _load(self, path: Path) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Decode and mod-crop the HR; each LR level comes from its file (cropped to HR/f) or from the cache."""
+        full = read_image(path, self.max_pixels)
         hr = mod_crop(full, self.scale)
-        lrs: list[np.ndarray | None] = []
-        for f, lr_path in zip(self.factors, entry.lr_paths, strict=True):
-            if lr_path is None:
-                lrs.append(None)
-                continue
+        levels: dict[int, np.ndarray] = {}
+        for f, lr_path in self.lr_files[path].items():
             lr = read_image(lr_path, self.max_pixels)
-            nh, nw = _check_lr_size(lr.shape[:2], full.shape[:2], f, self.scale, lr_path, entry.hr_path)
-            lrs.append(np.ascontiguousarray(lr[:nh, :nw]))
-        if any(lv is None for lv in lrs):
-            if hr.shape[0] < self.scale or hr.shape[1] < self.scale:
-                raise ImageReadError(f"{entry.hr_path}: image smaller than scale {self.scale}")
+            nh, nw = _check_lr_size(lr.shape[:2], full.shape[:2], f, self.scale, lr_path, path)
+            levels[f] = np.ascontiguousarray(lr[:nh, :nw])
+        if len(levels) < len(self.factors):
             assert self.lr_cache is not None
-            made = self.lr_cache.get(entry.hr_path, hr, self.max_pixels)
-            lrs = [m if lv is None else lv for lv, m in zip(lrs, made, strict=True)]
-        return hr, [lv for lv in lrs if lv is not None]
-
-    def get(self, i: int) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The i-th mod-cropped HR and its LR levels (uint8 HWC), from memory or disk."""
-        if self.cache_in_memory:
-            return self._memory[i]
-        return self._load(self.entries[i])
+            levels = dict(zip(self.factors, self.lr_cache.get(path, hr, self.max_pixels))) | levels
+        return hr, [levels[f] for f in self.factors]

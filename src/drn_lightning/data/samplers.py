@@ -14,43 +14,24 @@ from torch.utils.data import ConcatDataset, Sampler
 from drn_lightning.checks import fraction, integer
 from drn_lightning.data.pyramid import SampleKey, split_key
 
-__all__ = ["KeyedConcatDataset", "MixedBatchSampler", "sample_seed"]
-
 _PAIRED, _UNPAIRED = 0, 1
 
 
 def sample_seed(seed: int, global_index: int, slot: int) -> int:
-    """The crop/flip seed of one slot of one global batch: a function of where the sample sits, never of
-    which process, worker or rank loads it (independent streams via numpy's ``SeedSequence``)."""
+    """The crop/flip seed of one slot of a global batch: where the sample sits, never which rank or worker loads it."""
     return int(np.random.SeedSequence([seed, global_index, slot]).generate_state(1, np.uint64)[0])
 
 
 class MixedBatchSampler(Sampler[list[Any]]):
-    """Yields this rank's index lists into ``ConcatDataset([paired, unpaired])``.
+    """Yields this rank's index lists into ``ConcatDataset([paired, unpaired])`` (unpaired offset by ``n_paired``).
 
-    Each *global* batch (``batch_size * num_replicas`` samples, one ``batch_size`` slice per rank)
-    holds exactly ``round(unpaired_ratio * global_batch)`` unpaired samples (offset by
-    ``n_paired``); the rest are paired. The unpaired count ``u`` is spread over the ranks as evenly
-    as possible: every rank gets ``u // num_replicas`` or one more, and which ranks get the extra
-    one rotates from batch to batch, so no rank is systematically heavier. Only the global count
-    is exact; a rank may hold one unpaired sample more or less than another in a given step
-    (with ``batch_size`` 1 a rank can even get an all-unpaired batch).
-
-    Indices come from a chain of seeded random permutations per pool: each permutation is cut
-    into whole global batches (its last ``n % per_batch`` entries are left out, so no global
-    batch spans two permutations), global batch ``g`` takes the next cut and rank ``r`` its part
-    of it. So within a global batch no sample repeats and ranks never share one (unless a pool
-    is smaller than its share of a global batch), and no sample is reused before the rest of
-    its permutation. Epoch ``e`` starts at global batch ``e * num_batches``, continuing where
-    epoch ``e - 1`` stopped rather than restarting (short epochs still cover the whole pool over
-    training); batches depend only on ``seed``, epoch and batch index, never on call history.
-
-    With ``keyed=True`` each entry is an ``(index, seed)`` key instead (see ``rank_keys``): the seed of the
-    sample's slot in its global batch, so the dataset draws that sample's crop and flips from it. Crops then
-    differ between ranks, match between ``num_workers`` settings, and repeat exactly after a resume.
-
-    Being a pure function of (seed, epoch, position), the sampler resumes mid-epoch by ``start_at(k)``: its
-    next iteration begins at batch ``k`` of the current epoch (the train loader calls it; see `ResumableLoader`).
+    Each global batch (``batch_size * num_replicas``) holds exactly ``round(unpaired_ratio * global_batch)`` unpaired
+    samples, spread over the ranks as evenly as possible, the rank with one extra rotating from batch to batch.
+    Each pool is read through a chain of seeded permutations cut into whole global batches, so a global batch never
+    repeats a sample nor shares one between ranks (unless a pool is smaller than its share), and epoch ``e`` starts
+    at global batch ``e * num_batches``, continuing the permutation. Batches are a pure function of (seed, epoch,
+    position): ``start_at(k)`` resumes mid-epoch, and with ``keyed=True`` each entry is ``(index, seed)``, the seed
+    of its global slot, so crops differ between ranks, match across ``num_workers`` and repeat after a resume.
     """
 
     def __init__(
@@ -66,7 +47,7 @@ class MixedBatchSampler(Sampler[list[Any]]):
         keyed: bool = False,
     ) -> None:
         """Validate the mix and precompute the per-global-batch counts."""
-        self.n_paired = integer(n_paired, "n_paired", 0)
+        self.n_paired = integer(n_paired, "n_paired", 1)  # every global batch needs paired samples
         self.n_unpaired = integer(n_unpaired, "n_unpaired", 0)
         self.batch_size = integer(batch_size, "batch_size", 1)
         self.num_batches = integer(num_batches, "num_batches", 1)
@@ -88,8 +69,6 @@ class MixedBatchSampler(Sampler[list[Any]]):
                 f"{self.global_batch} samples per global batch, leaving no paired sample; "
                 "lower unpaired_ratio or raise batch_size"
             )
-        if self.n_paired == 0:
-            raise ValueError("n_paired must be >= 1: every global batch needs paired samples")
         self.epoch = 0
         self._start = 0
         self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
@@ -118,23 +97,18 @@ class MixedBatchSampler(Sampler[list[Any]]):
 
     def _perm(self, pool: int, cycle: int, size: int) -> np.ndarray:
         """The ``cycle``-th seeded permutation of a pool (a few recent ones kept for reuse)."""
-        key = (pool, cycle)
-        perm = self._perms.get(key)
+        perm = self._perms.get((pool, cycle))
         if perm is None:
-            perm = np.random.default_rng([self.seed, pool, cycle]).permutation(size)
-            self._perms[key] = perm
-            while len(self._perms) > 6:
+            perm = self._perms[(pool, cycle)] = np.random.default_rng([self.seed, pool, cycle]).permutation(size)
+            if len(self._perms) > 6:
                 self._perms.popitem(last=False)
         return perm
 
     def _draw(self, pool: int, size: int, per_global: int, global_index: int, skip: int, count: int) -> list[int]:
-        """``count`` indices of a pool for global batch ``global_index``, after the first ``skip``.
-
-        When a global batch fits in the pool, each permutation is cut into ``size // per_global``
-        whole global batches (the last ``size % per_global`` entries are left out), so a global
-        batch never spans two permutations and never holds a sample twice. A pool smaller than a
-        global batch is read as one continuous chain of permutations (repeats are unavoidable).
-        """
+        """``count`` indices of a pool for global batch ``global_index`` after the first ``skip``: from whole global
+        batches cut from one permutation, or for a pool smaller than a global batch, a continuous chain of them."""
+        if count == 0:
+            return []
         if per_global <= size:
             cycle, slot = divmod(global_index, size // per_global)
             start = slot * per_global + skip
@@ -151,16 +125,11 @@ class MixedBatchSampler(Sampler[list[Any]]):
     def rank_batch(self, global_index: int, rank: int) -> list[int]:
         """Indices rank ``rank`` gets in global batch ``global_index``: paired first, then unpaired."""
         counts = self.unpaired_counts(global_index)
-        u_before = sum(counts[:rank])
-        p_before = rank * self.batch_size - u_before
-        u_here = counts[rank]
-        p_here = self.batch_size - u_here
+        u_before, u_here = sum(counts[:rank]), counts[rank]
+        p_before, p_here = rank * self.batch_size - u_before, self.batch_size - u_here
         paired = self._draw(_PAIRED, self.n_paired, self.paired_per_global, global_index, p_before, p_here)
-        unpaired: list[int] = []
-        if u_here:
-            drawn = self._draw(_UNPAIRED, self.n_unpaired, self.unpaired_per_global, global_index, u_before, u_here)
-            unpaired = [self.n_paired + i for i in drawn]
-        return paired + unpaired
+        unpaired = self._draw(_UNPAIRED, self.n_unpaired, self.unpaired_per_global, global_index, u_before, u_here)
+        return paired + [self.n_paired + i for i in unpaired]
 
     def rank_keys(self, global_index: int, rank: int) -> list[tuple[int, int]]:
         """``rank_batch`` with each index paired with the seed of its slot in the global batch."""

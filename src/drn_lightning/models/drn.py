@@ -1,8 +1,6 @@
 """DRN: the primal network P (LR -> HR) and the dual regressors D_i (HR -> LR), as in Guo et al., CVPR 2020.
 
-Module names and nesting mirror the authors' `model/drn.py` and `model/common.py`, so their released
-state_dicts load unchanged (`head.weight`, `down.0.dual_module.0.0.weight`, `up_blocks.0.3.body.3.conv_du.0.weight`,
-`tail.2.weight`, ...).
+Module names mirror the authors' `model/drn.py` and `model/common.py`, so their released state_dicts load unchanged.
 """
 
 from __future__ import annotations
@@ -100,23 +98,15 @@ class DownBlock(nn.Module):
         return self.dual_module(x)
 
 
-class DualRegressor(DownBlock):
-    """D_i: maps an image at one level back to the level x2 coarser (54 * n_feats weights)."""
-
-    def __init__(self, n_feats: int, n_colors: int = 3, negative_slope: float = 0.2) -> None:
-        super().__init__(n_colors, n_feats, n_colors, negative_slope)
-
-
 def build_duals(scale: int, n_feats: int, n_colors: int = 3, negative_slope: float = 0.2) -> nn.ModuleList:
-    """One dual regressor per x2 step; D_i maps output i+1 (2^(i+1)x) back to level i."""
-    return nn.ModuleList(DualRegressor(n_feats, n_colors, negative_slope) for _ in range(num_stages(scale)))
+    """One dual regressor per x2 step (a DownBlock, 54 * n_feats weights): D_i maps output i+1 back to level i."""
+    return nn.ModuleList(DownBlock(n_colors, n_feats, n_colors, negative_slope) for _ in range(num_stages(scale)))
 
 
 class DRN(nn.Module):
-    """Primal network P: bicubic pre-upsampling, a U-Net of stride-2 down blocks and RCAB up stages.
+    """Primal P: bicubic pre-upsampling, a U-Net of stride-2 down blocks and RCAB up stages; 0-255 in, levels out.
 
-    `forward` takes a float batch in 0-255 and returns log2(scale)+1 images, coarse to fine
-    (x4: LR size, 2x, 4x), each in 0-255 (not clamped).
+    `forward` returns log2(scale)+1 images coarse to fine (x4: LR size, 2x, 4x), each in 0-255, not clamped.
     """
 
     def __init__(
@@ -174,12 +164,7 @@ class DRN(nn.Module):
 
     @torch.no_grad()
     def init_identity_path(self) -> None:
-        """Start the finest output at the bicubic-upsampled input: the head copies RGB into its first channels
-        and the last tail reads them back through the skip, while its weights on the U-Net features start at zero.
-
-        The architecture and state_dict are unchanged; short runs then spend their steps on detail instead of
-        first relearning the image (as residual-learning SR nets do), which is what makes CPU demos useful.
-        """
+        """Start the finest output at the bicubic input (head copies RGB, last tail reads it back) for short runs."""
         colors = self.head.in_channels
         head_weight, head_bias = self.head.weight, self.head.bias
         tail_weight, tail_bias = self.tail[-1].weight, self.tail[-1].bias

@@ -1,8 +1,4 @@
-"""The authors' weight format (`DRNS4x.pt` + `DRNS4x_dual_model.pt`) and our Lightning checkpoints, read safely.
-
-Every file goes through `torch.load(..., weights_only=True)`, so a pickle that would run code is refused
-before anything in it executes. Variant and scale are inferred from tensor shapes, never from file names.
-"""
+"""The authors' weight format (`DRNS4x.pt` + `DRNS4x_dual_model.pt`) and our checkpoints, read without running pickles."""
 
 from __future__ import annotations
 
@@ -18,7 +14,7 @@ import torch
 from fsspec.core import url_to_fs
 from torch import Tensor, nn
 
-from drn_lightning.files import atomic_write, is_remote
+from drn_lightning.files import atomic_write
 from drn_lightning.models.drn import DRN, SUPPORTED_SCALES, build_duals, check_scale
 
 # The paper's sizes (n_feats, n_blocks) per variant and scale; `drn_tiny` is our small CPU demo model.
@@ -29,27 +25,15 @@ VARIANTS: dict[str, dict[int, tuple[int, int]]] = {
 }
 PRIMAL_PREFIX = "primal."
 DUALS_PREFIX = "duals."
-# Where our files keep the SHA-256 of their tensors: a top-level key of our Lightning-style checkpoints, and an
-# entry of a state dict's `_metadata` in the authors' format (`load_state_dict` reads `_metadata` by module
-# prefix only, so the authors' strict loader sees exactly the keys it expects).
+# Our files' SHA-256 of their tensors: a top-level key of our checkpoints, or an entry of the authors' format's state
+# dict `_metadata` (which `load_state_dict` reads by module prefix only, so their strict loader sees the usual keys).
 DIGEST_KEY = "drn_lightning_digest"
+StrPath = str | os.PathLike[str]
+Loaded = tuple[DRN, nn.ModuleList | None, dict[str, Any]]  # (primal, duals or None, info: variant, scale, sizes)
 
 
 class CheckpointError(ValueError):
     """A weights file that cannot be used; the message names the file and what was wrong."""
-
-
-def variant_size(variant: str, scale: int) -> tuple[int, int]:
-    """(n_feats, n_blocks) of a named variant at a scale."""
-    check_scale(scale)
-    if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r} is unknown; choose one of {sorted(VARIANTS)}")
-    if scale not in VARIANTS[variant]:
-        raise ValueError(
-            f"variant={variant!r} is not defined at scale={scale}; defined: "
-            f"{ {k: sorted(v) for k, v in VARIANTS.items()} } (or give n_feats and n_blocks)"
-        )
-    return VARIANTS[variant][scale]
 
 
 def variant_name(scale: int, n_feats: int, n_blocks: int) -> str:
@@ -63,12 +47,17 @@ def variant_name(scale: int, n_feats: int, n_blocks: int) -> str:
 def build_primal(
     variant: str = "drn_s", scale: int = 4, n_feats: int | None = None, n_blocks: int | None = None, **kwargs: Any
 ) -> DRN:
-    """The primal of a named variant at the paper's size for `scale`; `n_feats`/`n_blocks` override it.
-
-    Other keyword arguments go to `DRN` (`init`, `checkpoint_blocks`: recompute each RCAB in the backward).
-    """
+    """The primal of a named variant at the paper's size for `scale`; `n_feats`/`n_blocks` override it, `kwargs` go to DRN."""
     if n_feats is None or n_blocks is None:
-        default_feats, default_blocks = variant_size(variant, scale)
+        check_scale(scale)
+        if variant not in VARIANTS:
+            raise ValueError(f"variant={variant!r} is unknown; choose one of {sorted(VARIANTS)}")
+        if scale not in VARIANTS[variant]:
+            raise ValueError(
+                f"variant={variant!r} is not defined at scale={scale}; defined: "
+                f"{ {k: sorted(v) for k, v in VARIANTS.items()} } (or give n_feats and n_blocks)"
+            )
+        default_feats, default_blocks = VARIANTS[variant][scale]
         n_feats = default_feats if n_feats is None else n_feats
         n_blocks = default_blocks if n_blocks is None else n_blocks
     return DRN(scale=scale, n_feats=int(n_feats), n_blocks=int(n_blocks), **kwargs)
@@ -93,8 +82,7 @@ def describe(info: Mapping[str, Any]) -> str:
 
 
 def tensor_digest(obj: Any) -> str:
-    """SHA-256 over the path, dtype, shape and bytes of every tensor in `obj` (sorted by path; a top-level
-    DIGEST_KEY is left out): torch.load checks no zip CRC, so this is what catches a flipped byte."""
+    """SHA-256 of every tensor's path, dtype, shape and bytes (but a top-level DIGEST_KEY): torch.load checks no CRC."""
     found: list[tuple[str, Tensor]] = []
 
     def walk(node: Any, name: str) -> None:
@@ -123,7 +111,7 @@ def with_digest(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     return {**checkpoint, DIGEST_KEY: {"sha256": tensor_digest(checkpoint)}}
 
 
-def _verify_digest(obj: Any, path: str | os.PathLike[str]) -> None:
+def _verify_digest(obj: Any, path: StrPath) -> None:
     """Compare each digest our writers stored with the tensors loaded; files without one (the authors') pass."""
     for part in obj if isinstance(obj, list) else [obj]:  # the authors' dual file is a list of state dicts
         stored = part.get(DIGEST_KEY) if isinstance(part, Mapping) else None
@@ -137,18 +125,20 @@ def _verify_digest(obj: Any, path: str | os.PathLike[str]) -> None:
         obj.pop(DIGEST_KEY, None)
 
 
-def check_finite(module: nn.Module, source: str | os.PathLike[str]) -> None:
+def check_finite(module: nn.Module, source: StrPath) -> None:
     """Refuse weights holding NaN or Inf (a diverged run): they would upscale to black images without an error."""
     bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
-        raise CheckpointError(f"{source}: non-finite weights (NaN or Inf) in {bad[:3]}{more}; the weights are unusable")
+        raise CheckpointError(f"{source}: non-finite weights (NaN or Inf) in {_some(bad, 3)}; the weights are unusable")
 
 
-def safe_load(path: str | os.PathLike[str]) -> Any:
-    """`torch.load` restricted to tensors and plain containers, with errors that name the file and say whether
-    it was refused (it references code or other objects; nothing in it ran) or is simply unreadable. `path` may be
-    an fsspec URL (s3://, memory://), read through fsspec."""
+def _some(items: list[str], limit: int) -> str:
+    """The first `limit` items and how many more, so an error stays one readable line."""
+    return f"{items[:limit]}" + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def safe_load(path: StrPath) -> Any:
+    """`torch.load` of tensors and plain containers only, from a path or fsspec URL; errors name the file and the cause."""
     path = os.fspath(path)
     fs, where = url_to_fs(path)
     if not fs.isfile(where):
@@ -156,11 +146,8 @@ def safe_load(path: str | os.PathLike[str]) -> Any:
     if fs.size(where) == 0:
         raise CheckpointError(f"{path}: file is empty (0 bytes)")
     try:
-        if not is_remote(path):
-            obj = torch.load(where, map_location="cpu", weights_only=True)
-        else:
-            with fs.open(where, "rb") as handle:
-                obj = torch.load(handle, map_location="cpu", weights_only=True)
+        with fs.open(where, "rb") as handle:
+            obj = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ... depending on the damage
         text = str(err)
         if "Unsupported global" in text or "GLOBAL" in text:
@@ -172,11 +159,11 @@ def safe_load(path: str | os.PathLike[str]) -> Any:
             detail = detail or (text.splitlines()[0] if text else type(err).__name__)
             reason = f"not a readable PyTorch file, truncated or corrupt ({type(err).__name__}: {detail[:200]})"
         raise CheckpointError(f"{path}: {reason}") from None
-    _verify_digest(obj, path)  # a digest stored by our writers (see `tensor_digest`)
+    _verify_digest(obj, path)
     return obj
 
 
-def _check_state_dict(obj: Any, path: Path, what: str) -> dict[str, Tensor]:
+def _check_state_dict(obj: Any, path: str, what: str) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{path}: expected a {what} (a dict of tensors), found {type(obj).__name__}")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
@@ -212,30 +199,24 @@ def _load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], source: st
         for k in own
         if k in state_dict and own[k].shape != state_dict[k].shape
     ]
-    if missing or unexpected or wrong:
-        parts = []
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
-            if items:
-                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-                parts.append(f"{label}: {items[:5]}{more}")
+    problems = (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
+    parts = [f"{label}: {_some(items, 5)}" for label, items in problems if items]
+    if parts:
         raise CheckpointError(f"{source}: does not match {describe(info)}; " + "; ".join(parts))
     module.load_state_dict(state_dict, strict=True)
 
 
-def _check_expected(info: Mapping[str, Any], variant: str | None, scale: int | None, source: str) -> None:
+def primal_from_state_dict(
+    obj: Any, source: str = "state_dict", variant: str | None = None, scale: int | None = None
+) -> tuple[DRN, dict[str, Any]]:
+    """Build the DRN that these weights describe and load them strictly."""
+    state_dict = _check_state_dict(obj, source, "primal state_dict")
+    info = infer_primal_config(state_dict, source)
     if scale is not None and int(scale) != info["scale"]:
         raise CheckpointError(f"{source}: expected scale x{scale}, found {describe(info)}")
     if variant is not None and variant != info["variant"]:
         expected = variant if scale is None else f"{variant} x{scale}"
         raise CheckpointError(f"{source}: expected {expected}, found {describe(info)}")
-
-
-def primal_from_state_dict(
-    state_dict: Mapping[str, Tensor], source: str = "state_dict", variant: str | None = None, scale: int | None = None
-) -> tuple[DRN, dict[str, Any]]:
-    """Build the DRN that these weights describe and load them strictly."""
-    info = infer_primal_config(state_dict, source)
-    _check_expected(info, variant, scale, source)
     primal = DRN(scale=info["scale"], n_feats=info["n_feats"], n_blocks=info["n_blocks"])
     _load_strict(primal, state_dict, source, info)
     return primal, info
@@ -251,43 +232,34 @@ def duals_from_state_dicts(dual_states: Any, source: str, info: Mapping[str, Any
             f"{source}: expected {len(duals)} dual models for {describe(info)}, found {len(dual_states)}"
         )
     for idx, (dual, state) in enumerate(zip(duals, dual_states)):
-        state = _check_state_dict(state, Path(source), f"dual state_dict #{idx}")
+        state = _check_state_dict(state, source, f"dual state_dict #{idx}")
         _load_strict(dual, state, f"{source} [dual {idx}]", info)
     return duals
 
 
 def load_official(
-    primal_path: str | os.PathLike[str],
-    dual_path: str | os.PathLike[str] | None = None,
-    *,
-    variant: str | None = None,
-    scale: int | None = None,
-) -> tuple[DRN, nn.ModuleList | None, dict[str, Any]]:
-    """Load the authors' released files (primal state_dict + optional list of dual state_dicts).
+    primal_path: StrPath, dual_path: StrPath | None = None, *, variant: str | None = None, scale: int | None = None
+) -> Loaded:
+    """`(primal, duals, info)` from the authors' files; `variant`/`scale` turn a silent mix-up into an error naming both."""
+    return _load_pair(safe_load(primal_path), primal_path, dual_path, variant, scale)
 
-    Returns `(primal, duals, info)`; `info` has `variant`, `scale`, `n_feats`, `n_blocks`.
-    Passing `variant`/`scale` turns a silent mix-up into an error naming expected and found variants.
-    """
-    primal_path = Path(primal_path)
-    state = _check_state_dict(safe_load(primal_path), primal_path, "primal state_dict")
-    primal, info = primal_from_state_dict(state, str(primal_path), variant, scale)
-    duals = None
-    if dual_path is not None:
-        dual_path = Path(dual_path)
-        duals = duals_from_state_dicts(safe_load(dual_path), str(dual_path), info)
+
+def _load_pair(
+    primal_state: Any, primal_path: StrPath, dual_path: StrPath | None, variant: str | None, scale: int | None
+) -> Loaded:
+    primal, info = primal_from_state_dict(primal_state, str(primal_path), variant, scale)
+    duals = None if dual_path is None else duals_from_state_dicts(safe_load(dual_path), str(dual_path), info)
     return primal, duals, info
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda handle: torch.save(obj, handle))
+def _atomic_save(obj: Any, path: StrPath) -> None:
+    atomic_write(Path(path), lambda handle: torch.save(obj, handle))
 
 
 def _plain_state_dict(module: nn.Module) -> dict[str, Tensor]:
     """CPU, contiguous copies of the module's tensors; its `_metadata` carries their digest (see DIGEST_KEY)."""
     source = module.state_dict()
-    state = OrderedDict(
-        (k, v.detach().to("cpu", memory_format=torch.contiguous_format).clone()) for k, v in source.items()
-    )
+    state = OrderedDict((k, v.detach().cpu().contiguous().clone()) for k, v in source.items())
     state._metadata = OrderedDict(getattr(source, "_metadata", {}))  # type: ignore[attr-defined]
     state._metadata[DIGEST_KEY] = {"sha256": tensor_digest(state)}  # type: ignore[attr-defined]
     return state
@@ -296,15 +268,15 @@ def _plain_state_dict(module: nn.Module) -> dict[str, Tensor]:
 def save_official(
     primal: nn.Module,
     duals: nn.ModuleList | list[nn.Module] | None,
-    primal_path: str | os.PathLike[str],
-    dual_path: str | os.PathLike[str] | None = None,
+    primal_path: StrPath,
+    dual_path: StrPath | None = None,
 ) -> None:
     """Write weights in the authors' format so their `main.py --pre_train ... --pre_train_dual ...` reads them."""
-    _atomic_save(_plain_state_dict(primal), Path(primal_path))
+    _atomic_save(_plain_state_dict(primal), primal_path)
     if dual_path is not None:
         if duals is None:
             raise ValueError("dual_path was given but there are no dual models to save")
-        _atomic_save([_plain_state_dict(d) for d in duals], Path(dual_path))
+        _atomic_save([_plain_state_dict(d) for d in duals], dual_path)
 
 
 def split_lightning_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
@@ -319,33 +291,21 @@ def split_lightning_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[s
 
 
 def load_weights(
-    path: str | os.PathLike[str],
-    dual_path: str | os.PathLike[str] | None = None,
-    *,
-    variant: str | None = None,
-    scale: int | None = None,
-) -> tuple[DRN, nn.ModuleList | None, dict[str, Any]]:
+    path: StrPath, dual_path: StrPath | None = None, *, variant: str | None = None, scale: int | None = None
+) -> Loaded:
     """Load either the authors' `.pt` pair or one of our Lightning `.ckpt` files, whichever `path` is."""
-    path = Path(path)
     obj = safe_load(path)
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        primal_state, dual_states = split_lightning_state_dict(obj["state_dict"])
-        if not primal_state:
-            raise CheckpointError(f"{path}: Lightning checkpoint without 'primal.*' weights")
-        primal_state = _check_state_dict(primal_state, path, "primal state_dict")
-        primal, info = primal_from_state_dict(primal_state, str(path), variant, scale)
-        duals = duals_from_state_dicts(dual_states, str(path), info) if dual_states else None
-        return primal, duals, info
-    state = _check_state_dict(obj, path, "primal state_dict")
-    primal, info = primal_from_state_dict(state, str(path), variant, scale)
-    duals = None
-    if dual_path is not None:
-        duals = duals_from_state_dicts(safe_load(dual_path), str(dual_path), info)
-    return primal, duals, info
+    if not (isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping)):
+        return _load_pair(obj, path, dual_path, variant, scale)
+    primal_state, dual_states = split_lightning_state_dict(obj["state_dict"])
+    if not primal_state:
+        raise CheckpointError(f"{path}: Lightning checkpoint without 'primal.*' weights")
+    primal, info = primal_from_state_dict(primal_state, str(path), variant, scale)
+    return primal, duals_from_state_dicts(dual_states, str(path), info) if dual_states else None, info
 
 
 def official_to_checkpoint(
-    primal: nn.Module, duals: nn.ModuleList | None, info: Mapping[str, Any], ckpt_path: str | os.PathLike[str]
+    primal: nn.Module, duals: nn.ModuleList | None, info: Mapping[str, Any], ckpt_path: StrPath
 ) -> None:
     """Write a minimal Lightning-style checkpoint (weights + hyper-parameters) that our tools load."""
     state = {PRIMAL_PREFIX + k: v for k, v in _plain_state_dict(primal).items()}
@@ -353,4 +313,4 @@ def official_to_checkpoint(
         state.update({f"{DUALS_PREFIX}{idx}.{k}": v for k, v in _plain_state_dict(dual).items()})
     hparams = {k: info[k] for k in ("variant", "scale", "n_feats", "n_blocks")}
     checkpoint = {"state_dict": state, "hyper_parameters": {"drn": hparams}, "epoch": 0, "global_step": 0}
-    _atomic_save(with_digest(checkpoint), Path(ckpt_path))
+    _atomic_save(with_digest(checkpoint), ckpt_path)

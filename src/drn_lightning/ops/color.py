@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["quantize", "rgb_to_y"]
-
 _Y_OFFSET = 16.0
 _Y_COEFFS = (65.481, 128.553, 24.966)  # ITU-R BT.601 for RGB in [0, 1], Y in [16, 235]
 

@@ -22,14 +22,6 @@ from torch import Tensor
 
 from drn_lightning.ops.imresize import imresize
 
-__all__ = [
-    "DEGRADATIONS",
-    "bd_downsample",
-    "bicubic_downsample",
-    "lr_pyramid",
-    "nearest_downsample",
-]
-
 
 def _check_scale(scale: int) -> int:
     """Degradations are defined for integer factors only; reject anything else loudly."""

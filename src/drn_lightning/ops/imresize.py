@@ -22,8 +22,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["cubic", "imresize", "imresize_output_size", "resize_weights"]
-
 Method = Literal["bicubic", "nearest"]
 
 
@@ -158,17 +156,11 @@ def imresize(
 
     # uint8 is resampled in float64 so rounding ties land where MATLAB's double arithmetic puts them;
     # half precision is resampled in float32 for accuracy and cast back.
-    if is_uint8:
-        work_dtype = torch.float64
-    elif image.dtype in (torch.float16, torch.bfloat16):
-        work_dtype = torch.float32
-    else:
-        work_dtype = image.dtype
+    half = image.dtype in (torch.float16, torch.bfloat16)
+    work_dtype = torch.float64 if is_uint8 else torch.float32 if half else image.dtype
     out = image.to(work_dtype)
-
     # MATLAB resizes the dimension with the smaller scale first (rows on ties).
-    order = ("h", "w") if scale_h <= scale_w else ("w", "h")
-    for dim in order:
+    for dim in ("h", "w") if scale_h <= scale_w else ("w", "h"):
         if dim == "h":
             mat = _weight_tensor(in_h, out_h, scale_h, method, antialias, out.device, work_dtype)
             out = torch.matmul(mat, out)
@@ -177,7 +169,4 @@ def imresize(
             out = torch.matmul(out, mat.T)
         if is_uint8:
             out = _round_uint8(out)
-
-    if is_uint8:
-        return out.to(torch.uint8)
     return out.to(image.dtype)
