@@ -26,9 +26,14 @@ from drn_lightning.ops.imresize import imresize
 log = logging.getLogger(__name__)
 
 
+def main_checkpoint(trainer: pl.Trainer) -> ModelCheckpoint | None:
+    """The first ModelCheckpoint (the run's `checkpoint` callback); OnExceptionCheckpoint is a Checkpoint too."""
+    return next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+
+
 def checkpoint_folder(trainer: pl.Trainer) -> str:
     """Where `last.ckpt` lives: the first ModelCheckpoint's folder, else Lightning's default (maybe an fsspec URL)."""
-    main = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+    main = main_checkpoint(trainer)
     return str((main and main.dirpath) or os.path.join(trainer.default_root_dir, "checkpoints"))
 
 
@@ -181,7 +186,7 @@ class PreemptionCheckpoint(OnExceptionCheckpoint):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return
-        main = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+        main = main_checkpoint(trainer)
         folder = str(self.dirpath or checkpoint_folder(trainer))
         target = os.path.join(folder, f"{self.filename}.ckpt")  # a string: an fsspec URL (s3://...) stays one
         if main is not None and str(main.dirpath) == folder:
