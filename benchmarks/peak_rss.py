@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
-import resource
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,10 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from common import current_rss_bytes, peak_rss_bytes
 from drn_lightning.inference import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_PASSES, Upscaler
 from drn_lightning.models import build_drn
 
-__all__ = ["PeakRss", "peak_rss_of", "upscale_peak_rss"]
+__all__ = ["PeakRss", "peak_rss_of", "random_upscaler", "upscale_peak_rss"]
 
 
 @dataclass(frozen=True)
@@ -31,31 +30,11 @@ class PeakRss:
         return self.peak_bytes - self.baseline_bytes
 
 
-def _current_rss() -> int:
-    """Resident set size now, from /proc (Linux); falls back to the peak so far elsewhere."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return _peak_rss_self()
-
-
-def _peak_rss_self() -> int:
-    """This process's peak RSS in bytes. Linux: VmHWM, since ru_maxrss survives exec and would report the
-    parent's peak at fork (a spawned child of a big test process would inherit it)."""
-    try:
-        with open("/proc/self/status") as fh:
-            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
-    except (OSError, StopIteration, ValueError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(peak) * (1 if os.uname().sysname == "Darwin" else 1024)  # bytes on macOS, KiB on Linux
-
-
 def _rss_child(conn: Any, fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> None:
     try:
-        baseline = _current_rss()
+        baseline = current_rss_bytes()
         fn(*args, **kwargs)
-        conn.send(("ok", _peak_rss_self(), baseline))
+        conn.send(("ok", peak_rss_bytes(), baseline))
     except BaseException as err:  # report the failure to the parent instead of dying silently
         conn.send(("error", f"{type(err).__name__}: {err}", 0))
     finally:
@@ -63,7 +42,7 @@ def _rss_child(conn: Any, fn: Callable[..., Any], args: Sequence[Any], kwargs: d
 
 
 def peak_rss_of(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> PeakRss:
-    """Run `fn(*args, **kwargs)` in a fresh spawned process and return its peak RSS (`ru_maxrss`).
+    """Run `fn(*args, **kwargs)` in a fresh spawned process and return its peak RSS (VmHWM on Linux).
 
     A fresh process means earlier work in this one cannot inflate the number; `fn` and its
     arguments must be picklable (a module-level function).
@@ -84,16 +63,24 @@ def peak_rss_of(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> PeakRss:
     return PeakRss(peak_bytes=int(value), baseline_bytes=int(baseline))
 
 
-def _upscale_random_job(
-    variant: str, scale: int, size: tuple[int, int], tile: int | None, tile_overlap: int, tile_passes: int
-) -> None:
-    """Child-side job of `upscale_peak_rss`: a seeded random-weight model on a random image."""
-
+def random_upscaler(
+    variant: str, scale: int, size: tuple[int, int], device: str = "cpu", **tiling: Any
+) -> tuple[Upscaler, np.ndarray]:
+    """A seeded random-weight variant in an `Upscaler` and a seeded random (H, W, 3) uint8 image to upscale."""
     torch.manual_seed(0)
     primal, _ = build_drn(variant, scale, dual=False)
     image = np.random.default_rng(0).integers(0, 256, size=(size[0], size[1], 3), dtype=np.uint8)
-    up = Upscaler(primal, device="cpu", tile=tile, tile_overlap=tile_overlap, tile_passes=tile_passes)
-    up(image)
+    return Upscaler(primal, device=device, **tiling), image
+
+
+def _upscale_random_job(
+    variant: str, scale: int, size: tuple[int, int], tile: int | None, tile_overlap: int, tile_passes: int
+) -> None:
+    """Child-side job of `upscale_peak_rss`."""
+    upscaler, image = random_upscaler(
+        variant, scale, size, tile=tile, tile_overlap=tile_overlap, tile_passes=tile_passes
+    )
+    upscaler(image)
 
 
 def upscale_peak_rss(

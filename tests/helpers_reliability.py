@@ -32,6 +32,26 @@ class KillAtStep(pl.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+class StopAt(pl.Callback):
+    """Global rank 0 sends ``signum`` to its whole process group (every DDP rank, as a scheduler does; start the run
+    in a session of its own) once, at ``moment`` (``epoch_end`` or ``validation``: its first batch) of ``epoch``."""
+
+    def __init__(self, moment: str, epoch: int, signum: int) -> None:
+        self.moment, self.epoch, self.signum, self.fired = moment, int(epoch), int(signum), False
+
+    def _now(self, trainer: pl.Trainer, moment: str) -> None:
+        if moment == self.moment and trainer.current_epoch == self.epoch and trainer.is_global_zero and not self.fired:
+            self.fired = True
+            os.killpg(os.getpgrp(), self.signum)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._now(trainer, "epoch_end")
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, idx: int, dl: int = 0) -> None:
+        if idx == 0:
+            self._now(trainer, "validation")
+
+
 class StepMarker(pl.Callback):
     """Writes the global step to ``path`` after each batch and sleeps ``delay`` seconds, so a test can wait
     for training to be under way and then signal the process while it is still training."""

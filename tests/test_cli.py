@@ -276,10 +276,10 @@ def test_output_folder_holding_an_input_is_refused_before_anything_is_written(
         out = tmp_path / "link"
         out.symlink_to(folder)
     code = main(["upscale", str(folder), "-o", str(out), "--weights", str(weights[0])])
-    which = "this input" if spelling == "same" else f"the input {folder / 'cat_x2.png'}"
+    which = "INPUT" if spelling == "same" else f"INPUT {folder / 'cat_x2.png'}"
     assert code == 2
     assert error_lines(capsys.readouterr().err) == [
-        f"error: {out / 'cat_x2.png'}: output would overwrite {which}; choose an output folder (-o) without inputs"
+        f"error: -o {out / 'cat_x2.png'}: is an input of this command ({which}); choose an output folder (-o) without inputs"
     ]
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
@@ -352,3 +352,116 @@ def test_non_finite_weights_are_refused_naming_the_file(tmp_path: Path, capsys, 
         f"error: {path}: non-finite weights (NaN or Inf) in ['head.weight']; the weights are unusable"
     ]
     assert not (tmp_path / "o" / "a_x2.png").exists()
+
+
+# --- issue 21: upscale keeps image facts (orientation, alpha, grey, palettes, animations, skipped files) -------
+
+
+def _upscaled(path: Path, weights_file: Path) -> Image.Image:
+    """What the Python API gives for the file, upright: what the command line must have written."""
+    from PIL import ImageOps
+
+    from drn_lightning.inference import upscale
+
+    return upscale(ImageOps.exif_transpose(Image.open(path)), weights_file, device="cpu")
+
+
+def test_upscale_applies_exif_orientation_and_keeps_the_other_metadata(tmp_path: Path, weights) -> None:
+    """A phone photo stored sideways (EXIF orientation 6): before, written sideways at 60x40 instead of 40x60."""
+    from PIL import ExifTags, ImageCms
+    from skimage import data
+
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation], exif[ExifTags.Base.Make] = 6, "test camera"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(data.chelsea()[40:60, 120:150]).save(tmp_path / "p.jpg", exif=exif.tobytes(), icc_profile=icc)
+    assert main(["upscale", str(tmp_path / "p.jpg"), "-o", str(tmp_path / "o"), "--weights", str(weights[0])]) == 0
+    out = Image.open(tmp_path / "o" / "p_x2.png")
+    assert out.size == (40, 60) and np.array_equal(
+        np.asarray(out), np.asarray(_upscaled(tmp_path / "p.jpg", weights[0]))
+    )
+    assert dict(out.getexif()) == {ExifTags.Base.Make: "test camera"}  # no orientation tag: it would turn it again
+    assert out.info["icc_profile"] == icc
+
+
+def test_upscale_keeps_alpha_grey_and_palette_transparency(tmp_path: Path, weights, capsys) -> None:
+    """Before: every file was read as RGB, so alpha was lost and greyscale came out RGB."""
+    from skimage import data
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rgb = data.chelsea()[60:80, 100:125]
+    alpha = np.tile(np.linspace(0, 255, 25, dtype=np.uint8), (20, 1))
+    Image.fromarray(np.dstack([rgb, alpha])).save(src / "rgba.png")
+    Image.fromarray(data.camera()[200:218, 200:222]).save(src / "grey.png")
+    palette = Image.fromarray(rgb).quantize(8)
+    palette.save(src / "pal.png", transparency=int(np.asarray(palette)[0, 0]))
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", str(weights[0])]) == 0
+    for name, mode in (("rgba", "RGBA"), ("grey", "L"), ("pal", "RGBA")):
+        out = Image.open(tmp_path / "o" / f"{name}_x2.png")
+        assert out.mode == mode, name
+        assert np.array_equal(np.asarray(out), np.asarray(_upscaled(src / f"{name}.png", weights[0]))), name
+    clear = np.asarray(Image.open(tmp_path / "o" / "pal_x2.png"))[..., 3]
+    assert clear.min() == 0 and clear.max() == 255  # the transparent colour stays transparent
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "upscale",
+                str(src / "rgba.png"),
+                "-o",
+                str(tmp_path / "j"),
+                "--weights",
+                str(weights[0]),
+                "--format",
+                "jpg",
+            ]
+        )
+        == 0
+    )
+    assert error_lines(capsys.readouterr().err) == [
+        f"warning: {src / 'rgba.png'}: alpha dropped, JPEG has none (--format png or webp keeps it)"
+    ]
+    assert Image.open(tmp_path / "j" / "rgba_x2.jpg").mode == "RGB"
+
+
+def test_upscale_takes_an_animations_first_frame_and_lists_skipped_files(tmp_path: Path, weights, capsys) -> None:
+    """Before: `.gif` was not in the folder scan, and files left out of a folder were not mentioned."""
+    from skimage import data
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    frames = [Image.fromarray(data.coffee()[100 + 8 * i : 116 + 8 * i, 200:220]).quantize(16) for i in range(3)]
+    frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:])
+    (src / "notes.txt").write_text("not an image")
+    write_image(src / ".hidden.png")
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", str(weights[0])]) == 0
+    out, err = capsys.readouterr()
+    assert error_lines(err) == [f"warning: {src / 'anim.gif'}: animated (3 frames); only the first frame is used"]
+    for name, why in ((".hidden.png", "hidden"), ("notes.txt", "not an image"), ("sub", "folder, not searched")):
+        assert f"skipped {src / name}: {why}" in out
+    first = _upscaled(src / "anim.gif", weights[0])
+    assert first.mode == "RGB" and first.size == (40, 32)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o" / "anim_x2.png")), np.asarray(first))
+
+
+def test_our_checkpoint_without_its_digest_needs_allow_unverified(
+    weights: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`drn-sr convert` writes a digested .ckpt; with the digest key removed, every command refuses it unless
+    `--allow-unverified` says so (the authors' own files, which never had one, load as they are)."""
+    import torch
+
+    from drn_lightning.models.weights import DIGEST_KEY
+
+    primal, dual = weights
+    ckpt = tmp_path / "ours.ckpt"
+    assert main(["convert", str(primal), "--dual", str(dual), "-o", str(ckpt)]) == 0
+    stripped = torch.load(ckpt, weights_only=True)
+    del stripped[DIGEST_KEY]
+    torch.save(stripped, ckpt)
+    capsys.readouterr()
+    assert main(["info", str(ckpt)]) != 0
+    assert "digest" in capsys.readouterr().err
+    assert main(["info", str(ckpt), "--allow-unverified"]) == 0
+    assert main(["info", str(primal)]) == 0  # the authors' file

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 import drn_lightning.data.datasets as datasets_mod
+import drn_lightning.ops.degrade as degrade_mod
 from drn_lightning.data import (
     DEMO_GREYSCALE,
     DEMO_TRAIN,
@@ -26,11 +28,19 @@ from drn_lightning.data import (
     load_demo_image,
     materialize_demo,
 )
+from drn_lightning.data.datasets import DataError, MissingFolder
 from drn_lightning.data.demo import DEMO_FILES, demo_image_path
 from drn_lightning.ops.degrade import lr_pyramid
 from drn_lightning.ops.imresize import imresize
+from drn_lightning.options import OptionError
 
 SCALE, PATCH = 4, 32
+
+
+@pytest.fixture(autouse=True)
+def _user_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default cache folder ($XDG_CACHE_HOME/drn_lightning) in a temporary folder, never the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg"))
 
 
 # ---------------------------------------------------------------- helpers (independent of the code under test)
@@ -103,7 +113,7 @@ def test_div2k_patches_match_full_lr_crops(div2k: tuple[Path, Path]) -> None:
     hr_dir, lr_dir = div2k
     assert _load(lr_dir / "X4" / "0001x4.png").shape[:2] == (26, 23)  # ceil(103/4), ceil(91/4)
     ds = PairedDataset(hr_dir, SCALE, PATCH, lr_dir=lr_dir, augment=False, samples_per_epoch=60)
-    assert len(ds) == 60 and ds.num_images == 3
+    assert len(ds) == 60 and len(ds.files) == 3
     torch.manual_seed(0)
     seen = set()
     for i in range(len(ds)):
@@ -146,8 +156,10 @@ def test_hr_only_pyramid_is_cached_and_exact(tmp_path: Path, monkeypatch: pytest
     crops = _crops()
     for stem, hr in crops.items():
         _png(hr, hr_dir / f"{stem}.png")
-    cache = tmp_path / "cache"
-    ds = PairedDataset(hr_dir, SCALE, PATCH, lr_cache_dir=cache, augment=False, samples_per_epoch=30)
+    cache = tmp_path / "lr_cache"
+    ds = PairedDataset(hr_dir, SCALE, PATCH, cache_dir=tmp_path, augment=False, samples_per_epoch=30)
+    assert not cache.exists()  # nothing read or written before setup
+    ds.setup()
     cached = sorted(p.name for p in cache.iterdir())
     assert len(cached) == 6 and all(n.endswith(("_x4.png", "_x2.png")) for n in cached)
     expected = {stem: _pyramid(np.ascontiguousarray(_mod(hr)), SCALE) for stem, hr in crops.items()}
@@ -162,36 +174,62 @@ def test_hr_only_pyramid_is_cached_and_exact(tmp_path: Path, monkeypatch: pytest
             np.testing.assert_array_equal(_chw(lr_t), full[y // f : y // f + q, x // f : x // f + q])
 
     # a second dataset reads the cache and never recomputes
-    def boom(self: object, hr: np.ndarray) -> list[np.ndarray]:
+    def boom(hr: torch.Tensor, scale: int) -> torch.Tensor:
         raise AssertionError("cache miss")
 
-    monkeypatch.setattr(datasets_mod.LRCache, "make", boom)
-    again = PairedDataset(hr_dir, SCALE, PATCH, lr_cache_dir=cache)
-    np.testing.assert_array_equal(again.load_full(0)[1][0], expected["0001"][0])
+    monkeypatch.setitem(degrade_mod.DEGRADATIONS, "bicubic", boom)
+    again = PairedDataset(hr_dir, SCALE, PATCH, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.image(0)[1][1][0], expected["0001"][0])
     monkeypatch.undo()
 
     # a changed HR file (new size/mtime) gets a fresh pyramid, not the stale one
     new_hr = np.ascontiguousarray(crops["0002"][:, ::-1])
     _png(new_hr, hr_dir / "0001.png")
     os.utime(hr_dir / "0001.png", ns=(1, 10**18))
-    changed = PairedDataset(hr_dir, SCALE, PATCH, lr_cache_dir=cache)
-    np.testing.assert_array_equal(changed.load_full(0)[1][0], _pyramid(_mod(new_hr), SCALE)[0])
+    changed = PairedDataset(hr_dir, SCALE, PATCH, cache_dir=tmp_path)
+    np.testing.assert_array_equal(changed.image(0)[1][1][0], _pyramid(_mod(new_hr), SCALE)[0])
     assert len(list(cache.iterdir())) == 8
 
 
-def test_default_cache_dir_is_beside_hr_dir(tmp_path: Path) -> None:
+def test_default_cache_dir_is_the_user_cache_never_beside_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     hr_dir = tmp_path / "set" / "HRonly"
     _png(_crops()["0002"], hr_dir / "a.png")
-    PairedDataset(hr_dir, 2, 16)
-    assert len(list((tmp_path / "set" / ".drn_cache" / "HRonly").glob("a__*_x2.png"))) == 1
+    PairedDataset(hr_dir, 2, 16).setup()
+    assert len(list((tmp_path / "xdg" / "drn_lightning" / "lr_cache").glob("a__*_x2.png"))) == 1
+    assert sorted(p.name for p in (tmp_path / "set").iterdir()) == ["HRonly"]
 
 
 @pytest.mark.parametrize("scale,levels", [(2, [2]), (8, [8, 4, 2])])
 def test_other_scales_level_shapes(tmp_path: Path, scale: int, levels: list[int]) -> None:
     _png(_crops()["0001"], tmp_path / "hr" / "a.png")
-    ds = PairedDataset(tmp_path / "hr", scale, 64, lr_cache_dir=tmp_path / "c")
+    ds = PairedDataset(tmp_path / "hr", scale, 64, cache_dir=tmp_path / "c")
     s = ds[0]
     assert [tuple(t.shape) for t in s["lr"]] == [(3, 64 // f, 64 // f) for f in levels]
+
+
+# ---------------------------------------------------------------- the npy store: the fast path for 2K images
+
+
+@pytest.mark.parametrize("lr", ["files", "cache"])
+def test_npy_store_gives_the_png_samples(div2k: tuple[Path, Path], tmp_path: Path, lr: str) -> None:
+    """store='npy' yields exactly the tensors of store='png' for every (index, seed) key; prepare writes it once."""
+    hr_dir, lr_dir = div2k
+    kw = {"lr_dir": lr_dir if lr == "files" else None, "cache_dir": tmp_path, "samples_per_epoch": 24}
+    png = PairedDataset(hr_dir, SCALE, PATCH, store="png", **kw)
+    npy = PairedDataset(hr_dir, SCALE, PATCH, store="npy", cache_in_memory=False, **kw)
+    npy.prepare()
+    store = sorted((tmp_path / "npy_store").iterdir())
+    assert [p.name.rsplit("_", 1)[1] for p in store] == ["hr.npy", "x2.npy", "x4.npy"] * 3  # no temporary files left
+    assert isinstance(npy.image(0)[1][0], np.memmap)
+    assert all(_same_sample(png[(i, 50 + i)], npy[(i, 50 + i)]) for i in range(len(png)))
+    before = {p: p.stat().st_mtime_ns for p in store}
+    PairedDataset(hr_dir, SCALE, PATCH, store="npy", **kw).prepare()  # once: a second run writes nothing
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "npy_store").iterdir()} == before
+    with pytest.raises(OptionError, match="^store='lmdb': allowed: png, npy"):
+        PairedDataset(hr_dir, SCALE, PATCH, store="lmdb")
 
 
 # ---------------------------------------------------------------- augmentation
@@ -207,24 +245,20 @@ def _dihedral(a: np.ndarray, h: bool, v: bool, t: bool) -> np.ndarray:
     return a
 
 
-@pytest.mark.parametrize("flags", [(h, v, t) for h in (0, 1) for v in (0, 1) for t in (0, 1)])
-def test_augmentation_same_transform_on_all_levels(
-    div2k: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, flags: tuple[int, int, int]
-) -> None:
+def test_augmentation_same_transform_on_all_levels(div2k: tuple[Path, Path]) -> None:
+    """A keyed sample with augment=True is its augment=False twin (same crop) under one transform, on every level."""
     hr_dir, lr_dir = div2k
     ds = PairedDataset(hr_dir, SCALE, PATCH, lr_dir=lr_dir, augment=True)
     plain = PairedDataset(hr_dir, SCALE, PATCH, lr_dir=lr_dir, augment=False)
-    monkeypatch.setattr(
-        datasets_mod,
-        "random_flags",
-        lambda augment, generator=None: tuple(map(bool, flags)) if augment else (False,) * 3,
-    )
-    torch.manual_seed(3)
-    aug = ds[1]
-    torch.manual_seed(3)
-    ref = plain[1]
-    for got, want in zip([aug["hr"], *aug["lr"]], [ref["hr"], *ref["lr"]], strict=True):
-        np.testing.assert_array_equal(_chw(got), _dihedral(_chw(want), *map(bool, flags)))
+    flags = [(h, v, t) for h in (0, 1) for v in (0, 1) for t in (0, 1)]
+    used = set()
+    for seed in range(40):
+        aug, ref = ds[(1, seed)], plain[(1, seed)]
+        (flag,) = [f for f in flags if np.array_equal(_chw(aug["hr"]), _dihedral(_chw(ref["hr"]), *map(bool, f)))]
+        for got, want in zip(aug["lr"], ref["lr"], strict=True):
+            np.testing.assert_array_equal(_chw(got), _dihedral(_chw(want), *map(bool, flag)))
+        used.add(flag)
+    assert len(used) == 8
 
 
 def test_random_augmentation_keeps_levels_aligned(div2k: tuple[Path, Path]) -> None:
@@ -244,6 +278,8 @@ def test_random_augmentation_keeps_levels_aligned(div2k: tuple[Path, Path]) -> N
             if hits:
                 (y, x), *_ = hits
                 np.testing.assert_array_equal(undo(_chw(s["lr"][0])), lr4[y // 4 : y // 4 + 8, x // 4 : x // 4 + 8])
+                lr2 = _load(lr_dir / "X2" / f"{stem}x2.png")
+                np.testing.assert_array_equal(undo(_chw(s["lr"][1])), lr2[y // 2 : y // 2 + 16, x // 2 : x // 2 + 16])
                 used.add(flags)
                 break
         else:
@@ -283,21 +319,53 @@ def test_keyed_samples_come_from_their_seed_not_the_global_rng(div2k: tuple[Path
 
 
 def test_patch_size_must_be_multiple_of_scale(div2k: tuple[Path, Path]) -> None:
-    with pytest.raises(ValueError, match=r"patch_size=30 must be a positive multiple of scale=4"):
+    with pytest.raises(OptionError, match=r"^patch_size=30: must be a positive multiple of scale=4"):
         PairedDataset(div2k[0], 4, 30, lr_dir=div2k[1])
-    with pytest.raises(ValueError, match="scale"):
+    with pytest.raises(OptionError, match=r"^scale=3: must be a power of two"):
         PairedDataset(div2k[0], 3, 30)
 
 
 def test_missing_and_empty_folders(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="hr_dir.*nowhere"):
-        PairedDataset(tmp_path / "nowhere", 4, 32)
+    with pytest.raises(
+        MissingFolder, match=r"^hr_dir='.*nowhere': does not exist; for DF2K: 'drn-sr data fetch div2k"
+    ) as err:
+        PairedDataset(str(tmp_path / "nowhere"), 4, 32)
+    assert (err.value.key, err.value.value) == ("hr_dir", str(tmp_path / "nowhere"))  # as given: Hydra re-keys it
+    with pytest.raises(MissingFolder, match=r"^lr_dir=.*: does not exist"):
+        PairedDataset(tmp_path, 4, 32, lr_dir=tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="empty.*no images"):
-        PairedDataset(tmp_path / "empty", 4, 32)
-    _png(_crops()["0001"], tmp_path / "hr" / "0001.png")
-    with pytest.raises(FileNotFoundError, match="X4"):
-        PairedDataset(tmp_path / "hr", 4, 32, lr_dir=tmp_path / "empty")
+    empty = PairedDataset(tmp_path / "empty", 4, 32)  # a folder is read in setup, not when built
+    with pytest.raises(DataError, match="empty.*no images"):
+        empty.setup()
+
+
+def test_setup_reads_the_folder_not_the_constructor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a constructor read a file")
+
+    (tmp_path / "hr").mkdir()
+    with monkeypatch.context() as m:
+        for name in ("list_images", "read_image", "read_image_size"):
+            m.setattr(datasets_mod, name, boom)
+        paired = PairedDataset(tmp_path / "hr", SCALE, PATCH, cache_dir=tmp_path / "c")
+        unpaired = UnpairedDataset(SCALE, PATCH, hr_dir=tmp_path / "hr")
+        bench = BenchmarkDataset(tmp_path, "hr", SCALE, cache_dir=tmp_path / "c")
+    _png(_crops()["0001"], tmp_path / "hr" / "late.png")  # written after construction: setup still finds it
+    for ds in (paired, unpaired, bench):
+        ds.setup()
+        ds.setup()  # idempotent
+        assert [p.name for p in ds.files] == ["late.png"] and len(ds) == 1
+
+
+def test_missing_lr_level_folder_is_made_from_the_hr(div2k: tuple[Path, Path], tmp_path: Path) -> None:
+    """lr_dir without X2 (as DIV2K lacks X8): that level is made with MATLAB bicubic, the X4 files still read."""
+    hr_dir, lr_dir = div2k
+    shutil.copytree(lr_dir / "X4", tmp_path / "LR" / "X4")
+    ds = PairedDataset(hr_dir, SCALE, PATCH, lr_dir=tmp_path / "LR", cache_dir=tmp_path / "c", augment=False)
+    hr, (x4, x2) = ds.image(1)[1]
+    np.testing.assert_array_equal(x4, _load(lr_dir / "X4" / "0002x4.png"))
+    np.testing.assert_array_equal(x2, _pyramid(hr, SCALE)[1])
+    assert [p.name[-7:] for p in (tmp_path / "c" / "lr_cache").iterdir()] == ["_x2.png"] * 3
 
 
 def test_lr_hr_size_mismatch_names_both_files(div2k: tuple[Path, Path], tmp_path: Path) -> None:
@@ -308,8 +376,8 @@ def test_lr_hr_size_mismatch_names_both_files(div2k: tuple[Path, Path], tmp_path
             _png(_load(p), bad_lr / f"X{f}" / p.name)
     _png(_load(lr_dir / "X4" / "0002x4.png")[:-3], bad_lr / "X4" / "0002x4.png")  # 3 rows short
     for in_memory in (True, False):
-        with pytest.raises(ValueError, match=r"0002x4\.png.*HR file .*0002\.png"):
-            PairedDataset(hr_dir, SCALE, PATCH, lr_dir=bad_lr, cache_in_memory=in_memory)
+        with pytest.raises(DataError, match=r"0002x4\.png.*HR file .*0002\.png"):
+            PairedDataset(hr_dir, SCALE, PATCH, lr_dir=bad_lr, cache_in_memory=in_memory).setup()
 
 
 def test_missing_lr_file_names_it(div2k: tuple[Path, Path], tmp_path: Path) -> None:
@@ -320,8 +388,8 @@ def test_missing_lr_file_names_it(div2k: tuple[Path, Path], tmp_path: Path) -> N
         for p in (lr_dir / f"X{f}").iterdir():
             if not p.name.startswith("0003"):
                 _png(_load(p), part / f"X{f}" / p.name)
-    with pytest.raises(FileNotFoundError, match=r"0003x.\.png.*0003\.png"):
-        PairedDataset(hr_dir, SCALE, PATCH, lr_dir=part)
+    with pytest.raises(DataError, match=r"0003x.\.png.*0003\.png"):
+        PairedDataset(hr_dir, SCALE, PATCH, lr_dir=part).setup()
 
 
 def test_small_hr_skipped_with_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -329,13 +397,14 @@ def test_small_hr_skipped_with_warning(tmp_path: Path, caplog: pytest.LogCapture
     _png(crops["0001"], tmp_path / "hr" / "big.png")
     _png(crops["0003"][:30, :40], tmp_path / "hr" / "tiny.png")
     with caplog.at_level(logging.WARNING):
-        ds = PairedDataset(tmp_path / "hr", SCALE, PATCH, lr_cache_dir=tmp_path / "c")
+        ds = PairedDataset(tmp_path / "hr", SCALE, PATCH, cache_dir=tmp_path / "c")
+        ds.setup()
     assert [p.name for p in ds.files] == ["big.png"]
     assert any("tiny.png" in r.getMessage() and "smaller" in r.getMessage() for r in caplog.records)
     only_small = tmp_path / "small"
     _png(crops["0003"][:30, :40], only_small / "tiny.png")
-    with pytest.raises(ValueError, match="no usable images"):
-        PairedDataset(only_small, SCALE, PATCH, lr_cache_dir=tmp_path / "c")
+    with pytest.raises(DataError, match="no usable images"):
+        PairedDataset(only_small, SCALE, PATCH, cache_dir=tmp_path / "c").setup()
 
 
 def _folder_with_bad_files(tmp_path: Path) -> Path:
@@ -350,15 +419,16 @@ def _folder_with_bad_files(tmp_path: Path) -> Path:
 def test_bad_files_raise_by_default(tmp_path: Path) -> None:
     folder = _folder_with_bad_files(tmp_path)
     with pytest.raises(ImageReadError, match="b_empty.png"):
-        PairedDataset(folder, SCALE, PATCH, lr_cache_dir=tmp_path / "c")
-    with pytest.raises(ValueError, match="on_bad_file"):
+        PairedDataset(folder, SCALE, PATCH, cache_dir=tmp_path / "c").setup()
+    with pytest.raises(OptionError, match="on_bad_file"):
         PairedDataset(folder, SCALE, PATCH, on_bad_file="ignore")
 
 
 def test_bad_files_skipped_with_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     folder = _folder_with_bad_files(tmp_path)
     with caplog.at_level(logging.WARNING):
-        ds = PairedDataset(folder, SCALE, PATCH, lr_cache_dir=tmp_path / "c", on_bad_file="skip")
+        ds = PairedDataset(folder, SCALE, PATCH, cache_dir=tmp_path / "c", on_bad_file="skip")
+        ds.setup()
     assert [p.name for p in ds.files] == ["a_good.png"]
     text = caplog.text
     assert "b_empty.png" in text and "c_text.png" in text and "d_cut.png" in text
@@ -368,16 +438,19 @@ def test_lazy_mode_truncated_file(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     folder = tmp_path / "lazy"
     good = _png(_crops()["0001"], folder / "a.png")
     (folder / "b.png").write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # header is fine
-    raising = PairedDataset(folder, SCALE, PATCH, lr_cache_dir=tmp_path / "c", cache_in_memory=False)
-    assert raising.num_images == 2  # only headers are read up front
+    raising = PairedDataset(folder, SCALE, PATCH, cache_dir=tmp_path / "c", cache_in_memory=False)
+    raising.setup()
+    assert len(raising.files) == 2  # only headers are read up front
     with pytest.raises(ImageReadError, match="b.png"):
         raising[1]
-    skipping = PairedDataset(
-        folder, SCALE, PATCH, lr_cache_dir=tmp_path / "c", cache_in_memory=False, on_bad_file="skip"
-    )
+    with pytest.raises(ImageReadError, match="b.png"):
+        raising.prepare()  # decoded on a worker process; the error comes back naming the file
+    skipping = PairedDataset(folder, SCALE, PATCH, cache_dir=tmp_path / "c", cache_in_memory=False, on_bad_file="skip")
     with caplog.at_level(logging.WARNING):
+        skipping.prepare()
         s = skipping[1]
-    assert s["name"] == "a.png" and "b.png" in caplog.text
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping unreadable image")]
+    assert s["name"] == "a.png" and len(warned) == 2 and all("b.png" in w for w in warned)  # prepare, then first use
 
 
 # ---------------------------------------------------------------- unpaired
@@ -402,14 +475,14 @@ def test_unpaired_from_hr_nearest_drops_hr(tmp_path: Path) -> None:
     hr = _crops()["0001"]
     _png(hr, tmp_path / "hr" / "h.png")
     ds = UnpairedDataset(SCALE, PATCH, hr_dir=tmp_path / "hr", degradation="nearest", augment=False)
-    full = ds.load_full(0)
+    full = ds.image(0)[1]
     # MATLAB nearest at 1/4 keeps pixel floor((i + 0.5) * 4) = 4 i + 2 of the mod-cropped HR
     np.testing.assert_array_equal(full, _mod(hr)[2::4, 2::4])
     s = ds[0]
     assert len(_locate(full, _chw(s["lr"][0]))) >= 1 and not s["hr"].any()
-    with pytest.raises(ValueError, match="degradation"):
+    with pytest.raises(OptionError, match="degradation"):
         UnpairedDataset(SCALE, PATCH, hr_dir=tmp_path / "hr", degradation="jpeg")
-    with pytest.raises(ValueError, match="exactly one of lr_dir"):
+    with pytest.raises(OptionError, match="exactly one of lr_dir"):
         UnpairedDataset(SCALE, PATCH)
 
 
@@ -419,9 +492,10 @@ def test_unpaired_small_and_bad_files_skipped(tmp_path: Path, caplog: pytest.Log
     _png(lr[:5, :30], tmp_path / "lr" / "b_thin.png")  # 5 rows < 8-pixel LR patch
     (tmp_path / "lr" / "c_bad.png").write_text("not an image")
     with pytest.raises(ImageReadError, match="c_bad.png"):
-        UnpairedDataset(SCALE, PATCH, lr_dir=tmp_path / "lr")
+        UnpairedDataset(SCALE, PATCH, lr_dir=tmp_path / "lr").setup()
     with caplog.at_level(logging.WARNING):
         ds = UnpairedDataset(SCALE, PATCH, lr_dir=tmp_path / "lr", on_bad_file="skip")
+        ds.setup()
     assert [p.name for p in ds.files] == ["a.png"]
     assert "b_thin.png" in caplog.text and "c_bad.png" in caplog.text
 
@@ -430,7 +504,7 @@ def test_unpaired_small_and_bad_files_skipped(tmp_path: Path, caplog: pytest.Log
 def test_unpaired_other_degradations(tmp_path: Path, degradation: str) -> None:
     _png(_crops()["0001"], tmp_path / "hr" / "h.png")
     ds = UnpairedDataset(SCALE, PATCH, hr_dir=tmp_path / "hr", degradation=degradation)
-    assert ds.load_full(0).shape == (25, 22, 3) and ds.load_full(0).dtype == np.uint8
+    assert ds.image(0)[1].shape == (25, 22, 3) and ds.image(0)[1].dtype == np.uint8
 
 
 def test_paired_and_unpaired_collate_together(div2k: tuple[Path, Path], tmp_path: Path) -> None:
@@ -454,7 +528,7 @@ def test_benchmark_with_hr_and_partial_lr(div2k: tuple[Path, Path], tmp_path: Pa
         _png(_load(p), root / "Set3" / "HR" / p.name)
     for p in (lr_dir / "X4").iterdir():  # only X4 shipped: X2 must be generated
         _png(_load(p), root / "Set3" / "LR_bicubic" / "X4" / p.name)
-    ds = BenchmarkDataset(root, "Set3", SCALE, lr_cache_dir=tmp_path / "c")
+    ds = BenchmarkDataset(root, "Set3", SCALE, cache_dir=tmp_path / "c")
     assert len(ds) == 3
     s = ds[0]
     assert s["set"] == "Set3" and s["name"] == "0001.png" and bool(s["paired"])
@@ -469,15 +543,18 @@ def test_benchmark_with_hr_and_partial_lr(div2k: tuple[Path, Path], tmp_path: Pa
 def test_benchmark_flat_folder_generates_pyramid(tmp_path: Path) -> None:
     for stem, hr in _crops().items():
         _png(hr, tmp_path / "photos" / f"{stem}.png")
-    ds = BenchmarkDataset(tmp_path, "photos", 8, name="mine", lr_cache_dir=tmp_path / "c", cache_in_memory=False)
+    ds = BenchmarkDataset(tmp_path, "photos", 8, name="mine", cache_dir=tmp_path / "c", cache_in_memory=False)
     s = ds[2]
     hr = _mod(_crops()["0003"], 8)
     assert s["set"] == "mine"
     np.testing.assert_array_equal(_chw(s["hr"]), hr)
     for got, want in zip(s["lr"], _pyramid(hr, 8), strict=True):
         np.testing.assert_array_equal(_chw(got), want)
-    with pytest.raises(FileNotFoundError, match="Set99"):
-        BenchmarkDataset(tmp_path, "Set99", 4)
+    missing = BenchmarkDataset(tmp_path, "Set99", 4)  # a missing set is found in setup (the DataModule warns)
+    with pytest.raises(MissingFolder, match="^set_name='Set99': .*Set99 does not exist"):
+        len(missing)
+    with pytest.raises(MissingFolder, match="^root=.*nowhere.*does not exist"):
+        BenchmarkDataset(tmp_path / "nowhere", "Set5", 4).setup()
 
 
 def test_benchmark_with_another_degradation_ignores_the_bicubic_lr_files(
@@ -490,10 +567,10 @@ def test_benchmark_with_another_degradation_ignores_the_bicubic_lr_files(
         _png(_load(p), root / "Set3" / "HR" / p.name)
     for p in (lr_dir / "X4").iterdir():
         _png(_load(p), root / "Set3" / "LR_bicubic" / "X4" / p.name)
-    ds = BenchmarkDataset(root, "Set3", SCALE, degradation="nearest", lr_cache_dir=tmp_path / "c")
+    ds = BenchmarkDataset(root, "Set3", SCALE, degradation="nearest", cache_dir=tmp_path / "c")
     hr = _mod(_load(hr_dir / "0001.png"))
     np.testing.assert_array_equal(_chw(ds[0]["lr"][0]), hr[2::4, 2::4])  # MATLAB nearest keeps floor((i + 0.5) * 4)
-    with pytest.raises(ValueError, match="degradation='jpeg'"):
+    with pytest.raises(OptionError, match="degradation='jpeg'"):
         BenchmarkDataset(root, "Set3", SCALE, degradation="jpeg")
 
 
@@ -533,6 +610,7 @@ def test_demo_photos_are_a_folder_made_on_first_use(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="split='test'"):
         demo_photos("test", tmp_path / "demo")
     ds = PairedDataset(lambda: demo_photos("val", tmp_path / "demo"), 2, 16)  # a folder given as a callable
+    ds.setup()
     assert sorted(p.stem for p in ds.files) == sorted(DEMO_VAL)
 
 
@@ -554,6 +632,6 @@ def test_a_file_name_that_is_not_utf8_gets_an_lr_cache_entry(tmp_path: Path) -> 
     folder.mkdir()
     name = os.fsdecode(b"photo-\xff\xfe.png")  # undecodable bytes, kept as surrogates by Python
     _png(_crops()["0001"], folder / name)
-    ds = PairedDataset(folder, SCALE, PATCH, lr_cache_dir=tmp_path / "c")
-    assert len(list((tmp_path / "c").iterdir())) == 2  # both LR levels cached
+    ds = PairedDataset(folder, SCALE, PATCH, cache_dir=tmp_path / "c")
     assert ds[0]["hr"].shape == (3, PATCH, PATCH)
+    assert len(list((tmp_path / "c" / "lr_cache").iterdir())) == 2  # both LR levels cached

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,7 +27,10 @@ from drn_lightning.data import (
     load_demo_image,
 )
 from drn_lightning.data.datamodule import ResumableLoader, ShardSampler
+from drn_lightning.data.datasets import MissingFolder
+from drn_lightning.data.pyramid import LRCache, mod_crop
 from drn_lightning.ops.degrade import lr_pyramid
+from drn_lightning.options import OptionError
 
 SCALE, PATCH = 4, 32
 
@@ -34,6 +38,12 @@ SCALE, PATCH = 4, 32
 def _png(arr: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(arr)).save(path)
+
+
+@pytest.fixture(autouse=True)
+def _user_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default cache folder ($XDG_CACHE_HOME/drn_lightning) in a temporary folder, never the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg"))
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +151,6 @@ def test_rank_world_epoch_from_trainer(data_root: Path) -> None:
         global_rank=1,
         world_size=2,
         current_epoch=3,
-        _accelerator_connector=SimpleNamespace(use_distributed_sampler=False),
     )
     loader = dm.train_dataloader()
     sampler = loader.batch_sampler
@@ -150,10 +159,6 @@ def test_rank_world_epoch_from_trainer(data_root: Path) -> None:
     assert sum(not bool(p) for b in loader for p in b["paired"]) in range(4 * 2, 4 * 4 + 1)  # 6 per global batch
     val = dm.val_dataloader()
     assert [len(v) for v in val] == [1, 0]  # rank 1 of 2: Set3 item 1, Flat has only item 0
-    dm.trainer.world_size, dm.trainer.global_rank = 2, 0  # type: ignore[union-attr]
-    dm.trainer._accelerator_connector.use_distributed_sampler = True  # type: ignore[union-attr]
-    with pytest.raises(ValueError, match="use_distributed_sampler=False"):
-        dm.train_dataloader()
 
 
 def test_global_batch_is_split_across_ranks(data_root: Path) -> None:
@@ -163,7 +168,7 @@ def test_global_batch_is_split_across_ranks(data_root: Path) -> None:
         dm.trainer = _fake_trainer(0, world)  # type: ignore[assignment]
         assert dm.train_dataloader().batch_sampler.batch_size == per_rank
     dm.trainer = _fake_trainer(0, 3)  # type: ignore[assignment]
-    with pytest.raises(ValueError, match=r"batch_size=10 \(global_batch=true\) does not split over 3 ranks"):
+    with pytest.raises(ValueError, match=r"batch_size=10: \(global_batch=true\) does not split over 3 ranks"):
         dm.train_dataloader()
 
 
@@ -172,7 +177,6 @@ def _fake_trainer(rank: int, world: int) -> SimpleNamespace:
         global_rank=rank,
         world_size=world,
         current_epoch=0,
-        _accelerator_connector=SimpleNamespace(use_distributed_sampler=False),
     )
 
 
@@ -228,6 +232,10 @@ class _Probe(pl.LightningModule):
         self.sampler_epochs: list[tuple[int, int]] = []
         self.unpaired_counts: list[int] = []
         self.val_sets: list[str] = []
+        self.set_names: list[str] = []
+
+    def setup(self, stage: str) -> None:  # as DRNLitModule.setup: after the DataModule's
+        self.set_names = list(self.trainer.datamodule.val_set_names)
 
     def on_train_epoch_start(self) -> None:
         sampler = self.trainer.train_dataloader.batch_sampler
@@ -244,8 +252,16 @@ class _Probe(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def test_lightning_fit_sets_epoch_on_sampler(data_root: Path) -> None:
-    dm = _dm(data_root, steps_per_epoch=2)
+def test_lightning_fit_sets_epoch_on_sampler(data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Also: a validation set whose folder is missing (Set5 without ../shared) is left out with a warning in setup,
+    before the LightningModule's setup reads the set names its metrics are made for."""
+    sets = {
+        "Set3": partial(BenchmarkDataset, root=str(data_root / "benchmark"), set_name="Set3", cache_dir=tmp_path),
+        "Set5": partial(BenchmarkDataset, root=str(tmp_path / "shared"), set_name="Set5"),
+        "flat": partial(BenchmarkDataset, root=str(data_root / "benchmark"), set_name="Flat", name="flat"),
+    }
+    dm = _dm(data_root, steps_per_epoch=2, val_sets=sets)
+    assert dm.val_set_names == ["Set3", "Set5", "flat"]  # from the config, no folder read
     probe = _Probe()
     trainer = pl.Trainer(
         max_epochs=3,
@@ -258,7 +274,11 @@ def test_lightning_fit_sets_epoch_on_sampler(data_root: Path) -> None:
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(probe, datamodule=dm)
+    with caplog.at_level(logging.WARNING):
+        trainer.fit(probe, datamodule=dm)
+    (warning,) = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert warning.startswith("validation set Set5 left out: root=") and str(tmp_path / "shared") in warning
+    assert probe.set_names == dm.val_set_names == ["Set3", "flat"]
     assert probe.sampler_epochs == [(0, 0), (1, 1), (2, 2)]
     assert probe.unpaired_counts == [3] * 6
     assert probe.val_sets.count("Set3") == 3 * 3 and probe.val_sets.count("flat") == 3
@@ -298,45 +318,91 @@ def _paired(root: Path, **kw: Any) -> partial:
 @pytest.mark.parametrize(
     "override,match",
     [
-        ({"unpaired_ratio": 1.0}, r"^unpaired_ratio=1.0 must be in \[0, 1\)"),
-        ({"unpaired_ratio": -0.2}, r"^unpaired_ratio=-0.2 must be in \[0, 1\)"),
-        ({"patch_size": 30}, r"^patch_size=30 must be a positive multiple of scale=4"),
-        ({"scale": 3, "patch_size": 30}, "scale must be a power of two"),
-        ({"batch_size": 0}, r"^batch_size=0 must be an integer >= 1"),
-        ({"unpaired": None}, r"^unpaired_ratio=0.3 > 0 needs an unpaired dataset"),
+        ({"unpaired_ratio": 1.0}, r"^unpaired_ratio=1.0: must be in \[0, 1\)"),
+        ({"unpaired_ratio": -0.2}, r"^unpaired_ratio=-0.2: must be in \[0, 1\)"),
+        ({"patch_size": 30}, r"^patch_size=30: must be a positive multiple of scale=4"),
+        ({"scale": 3, "patch_size": 30}, r"^scale=3: must be a power of two"),
+        ({"batch_size": 0}, r"^batch_size=0: must be an integer >= 1"),
+        ({"unpaired": None}, r"^unpaired_ratio=0.3: > 0 needs an unpaired dataset"),
         ({"train": lambda root: _paired(root, lr_dirr="y")}, "unexpected keyword argument 'lr_dirr'"),
         ({"train": lambda root: partial(PairedDataset)}, "missing 1 required positional argument: 'hr_dir'"),
-        ({"unpaired": lambda root: partial(UnpairedDataset, lr_dir="a", hr_dir="b")}, r"^unpaired\..*exactly one"),
+        ({"unpaired": lambda root: partial(UnpairedDataset, lr_dir="a", hr_dir="b")}, r"^lr_dir='a': .*exactly one"),
         (
             {"unpaired": lambda root: partial(UnpairedDataset, hr_dir=str(root / "real_lr"), degradation="blur")},
-            r"^unpaired\.degradation='blur'; allowed: bd, bicubic, nearest",
+            r"^degradation='blur': allowed: bd, bicubic, nearest",
         ),
         (
             {"val_sets": lambda root: {"x": partial(BenchmarkDataset, root="x")}},
             "missing 1 required positional argument: 'set_name'",
         ),
-        (
-            {"train": lambda root: _paired(root, on_bad_file="ignore")},
-            r"^train\.on_bad_file='ignore'; allowed: raise, skip",
-        ),
+        ({"train": lambda root: _paired(root, on_bad_file="ignore")}, r"^on_bad_file='ignore': allowed: raise, skip"),
+        ({"train": lambda root: _paired(root, store="zip")}, r"^store='zip': allowed: png, npy"),
     ],
 )
 def test_options_validated_up_front(data_root: Path, override: dict[str, Any], match: str) -> None:
-    """Every option is checked, by the object it belongs to, before a dataset reads its folder; the message
-    starts with the option (`train.` for a dataset's own), as the entry point names it under `data.`."""
+    """Every option is checked, by the object it belongs to, before a dataset reads its folder; an OptionError names
+    the argument and its value as given, which the entry points re-key to the option as typed."""
     override = {k: v(data_root) if callable(v) and not isinstance(v, partial) else v for k, v in override.items()}
     with pytest.raises((ValueError, TypeError), match=match):
         _dm(data_root, **override)
 
 
-def test_missing_paths_named(data_root: Path) -> None:
-    missing = data_root / "no_such_dir"
-    with pytest.raises(FileNotFoundError, match=r"^train.hr_dir: .*no_such_dir does not exist"):
-        _dm(data_root, train=partial(PairedDataset, hr_dir=str(missing)))
-    with pytest.raises(FileNotFoundError, match=r"^unpaired.lr_dir: .*no_such_dir"):
-        _dm(data_root, unpaired=partial(UnpairedDataset, lr_dir=str(missing)))
-    with pytest.raises(FileNotFoundError, match=r"^val_sets.B.set_name: .*no_such_dir"):
-        _dm(data_root, val_sets={"B": partial(BenchmarkDataset, root=str(data_root), set_name="no_such_dir")})
+def test_missing_training_folders_are_errors_naming_the_option(data_root: Path) -> None:
+    missing = str(data_root / "no_such_dir")
+    with pytest.raises(MissingFolder, match=r"^hr_dir='.*no_such_dir': does not exist; for DF2K:") as err:
+        _dm(data_root, train=partial(PairedDataset, hr_dir=missing))
+    assert (err.value.key, err.value.value) == ("hr_dir", missing)
+    with pytest.raises(MissingFolder, match=r"^lr_dir='.*no_such_dir': does not exist$"):
+        _dm(data_root, unpaired=partial(UnpairedDataset, lr_dir=missing))
+
+
+def test_hydra_names_a_missing_training_folder_as_typed(data_root: Path) -> None:
+    from drn_lightning.training.config import build
+
+    missing = str(data_root / "no_such_dir")
+    cfg = OmegaConf.create({"data": {
+        "_target_": "drn_lightning.data.SRDataModule", "scale": 4, "patch_size": 32, "batch_size": 2,
+        "train": {"_target_": "drn_lightning.data.PairedDataset", "_partial_": True, "hr_dir": missing},
+    }})  # fmt: skip
+    with pytest.raises(OptionError, match=rf"^data\.train\.hr_dir='{missing}': does not exist; for DF2K:"):
+        build(cfg, "data")
+
+
+def test_prepare_data_makes_a_missing_x8_level_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """DIV2K/DF2K ship X2, X3, X4 but no X8: prepare_data logs one line, then makes the x8 level of every image
+    from the HR (MATLAB bicubic) in the cache, as the files `drn-sr data pyramid` and an HR-only dataset make."""
+    from drn_lightning.data.prepare import pyramid
+
+    photo = load_demo_image("astronaut")
+    for k in range(3):
+        hr = photo[70 * k : 70 * k + 83, 50 * k : 50 * k + 77]  # not multiples of 8
+        _png(hr, tmp_path / "HR" / f"{k}.png")
+        for f, level in zip((4, 2), lr_pyramid(torch.from_numpy(np.ascontiguousarray(hr.transpose(2, 0, 1))), 4)):
+            _png(level.permute(1, 2, 0).numpy(), tmp_path / "LR" / f"X{f}" / f"{k}x{f}.png")
+    dm = SRDataModule(8, 32, 2, partial(PairedDataset, hr_dir=tmp_path / "HR", lr_dir=tmp_path / "LR",
+                                        cache_dir=tmp_path / "cache"), num_workers=0)  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="drn_lightning.data"):
+        dm.prepare_data()
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "writing" in r.getMessage()]
+    assert "x8" in line and "x4" not in line and "MATLAB bicubic" in line and str(tmp_path / "cache") in line
+    made = sorted((tmp_path / "cache" / "lr_cache").iterdir())
+    assert [p.name.split("__")[0] + p.name[-7:] for p in made] == ["0_x8.png", "1_x8.png", "2_x8.png"]
+    pyramid(tmp_path / "HR", tmp_path / "by_drn_sr", [8], workers=1)
+    only_hr = LRCache(tmp_path / "hr_only", 8)
+    for k, path in enumerate(made):
+        assert path.read_bytes() == (tmp_path / "by_drn_sr" / "X8" / f"{k}x8.png").read_bytes()
+        hr_path = tmp_path / "HR" / f"{k}.png"
+        only_hr.get(hr_path, mod_crop(np.asarray(Image.open(hr_path)), 8))
+        assert path.read_bytes() == only_hr.paths(hr_path)[0].read_bytes()
+    caplog.clear()
+    before = [p.stat().st_mtime_ns for p in made]
+    with caplog.at_level(logging.INFO, logger="drn_lightning.data"):
+        dm.prepare_data()  # once: nothing left to make
+        dm.setup("fit")
+    assert not [r for r in caplog.records if r.name.startswith("drn_lightning.data")]
+    assert [p.stat().st_mtime_ns for p in made] == before
+    batch = next(iter(dm.train_dataloader()))
+    assert [tuple(t.shape) for t in batch["lr"]] == [(2, 3, 4, 4), (2, 3, 8, 8), (2, 3, 16, 16)]
 
 
 # ---------------------------------------------------------------- demo
@@ -353,9 +419,11 @@ def test_demo_datamodule_offline(tmp_path: Path) -> None:
         unpaired_ratio=0.25,
         steps_per_epoch=2,
         num_workers=0,
-        train=partial(PairedDataset, hr_dir=photos),
+        train=partial(PairedDataset, hr_dir=photos, cache_dir=tmp_path),
         unpaired=partial(UnpairedDataset, hr_dir=photos),
-        val_sets={"demo": partial(BenchmarkDataset, root=partial(demo_photos, None, root), set_name="val")},
+        val_sets={
+            "demo": partial(BenchmarkDataset, root=partial(demo_photos, None, root), set_name="val", cache_dir=tmp_path)
+        },
     )
     assert dm.val_set_names == ["demo"]
     batch = next(iter(dm.train_dataloader()))
@@ -370,8 +438,8 @@ def test_demo_datamodule_offline(tmp_path: Path) -> None:
         patch_size=32,
         seed=0,
         num_workers=0,
-        train={"hr_dir": {"root": root}},
-        val_sets={"demo": {"root": {"root": root}}},
+        train={"hr_dir": {"root": root}, "cache_dir": str(tmp_path)},
+        val_sets={"demo": {"root": {"root": root}, "cache_dir": str(tmp_path)}},
     )
     assert via_hydra.val_set_names == ["demo"] and len(via_hydra.train_dataset) == 10
 

@@ -57,7 +57,7 @@ def test_multirun_with_ddp_runs_each_job_on_two_ranks_in_one_sweep_folder(tmp_pa
     assert stdout.count("Launching 2 jobs") == 1
     (sweep_dir,) = (log_dir / "train" / "multiruns").iterdir()  # exactly one multirun folder
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
-    assert stderr.count("All distributed processes registered. Starting with 2 processes") == 2
+    assert (stdout + stderr).count("All distributed processes registered. Starting with 2 processes") == 2
     child_ranks = set()
     for job, ratio in (("0", 0.0), ("1", 0.5)):
         ranks = [json.loads((sweep_dir / job / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import BENCHMARKS_DIR, REPO_ROOT, run_module
-from drn_lightning.eval import bicubic_upscaler, evaluate, model_upscaler
+from conftest import BENCHMARKS_DIR, CONF_DIR, REPO_ROOT, run_module
+from drn_lightning.eval import bicubic_upscaler, evaluate, failure_line, model_upscaler, run
 from drn_lightning.metrics import psnr_y
 from drn_lightning.models import build_drn, official_to_checkpoint
 from drn_lightning.ops.imresize import imresize
@@ -43,6 +43,19 @@ def test_bicubic_scores_equal_a_hand_made_pipeline(tmp_path: Path) -> None:
         expected.append(psnr_y(imresize(lr.float(), scale=4), hr.float(), 4, round_y=True).item())
     assert scores["images"] == 2
     assert scores["psnr"] == pytest.approx(sum(expected) / 2, abs=1e-6)
+
+
+def _compose_eval(tmp_path: Path, *overrides: str):
+    """conf/eval.yaml as `python -m drn_lightning.eval` composes it, results under `tmp_path`."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("eval", overrides=[f"results_json={tmp_path / 'results.json'}", *overrides])
+
+
+def _eval_in_process(tmp_path: Path, *overrides: str) -> dict:
+    """The eval command's `run` in this process (the subprocess tests cover the command line itself)."""
+    return run(_compose_eval(tmp_path, *overrides))
 
 
 def _bicubic_eval(root: Path, set_name: str, tmp_path: Path, *extra: str) -> tuple[dict, subprocess.CompletedProcess]:
@@ -80,7 +93,8 @@ def test_eval_on_nearest_lr_matches_an_independent_pipeline(tmp_path: Path) -> N
     """`data.degradation=nearest`: the LR is MATLAB's nearest pick (0-based index floor((i + 0.5) * s) = 4 i + 2 at
     x4, made here with NumPy), upscaled by bicubic; the JSON entry says which degradation it scored."""
     root = _photo_set(tmp_path / "bench")
-    payload, result = _bicubic_eval(root, "Photos", tmp_path, "data.degradation=nearest")
+    common = ["model=bicubic", "scale=4", f"data.root={root}", "data.sets=[Photos]"]
+    payload = _eval_in_process(tmp_path, *common, "data.degradation=nearest")
     expected = []
     for path in sorted((root / "Photos").glob("*.png")):
         hr = np.array(Image.open(path))
@@ -90,8 +104,7 @@ def test_eval_on_nearest_lr_matches_an_independent_pipeline(tmp_path: Path) -> N
         expected.append(psnr_y(imresize(lr, scale=4), hr_t, 4, round_y=True).item())
     assert payload["Photos"]["degradation"] == "nearest" and payload["Photos"]["images"] == 2
     assert payload["Photos"]["psnr"] == pytest.approx(sum(expected) / 2, abs=1e-6)
-    assert "nearest LR" in result.stdout
-    bicubic, _ = _bicubic_eval(root, "Photos", tmp_path / "b")
+    bicubic = _eval_in_process(tmp_path / "b", *common)
     assert payload["Photos"]["psnr"] < bicubic["Photos"]["psnr"] - 1.0  # a real gap, as measured on Set5
 
 
@@ -101,25 +114,14 @@ def test_eval_with_our_checkpoint_matches_in_process_scores(tmp_path: Path) -> N
     primal, duals = build_drn("drn_tiny", 4, init="identity")
     ckpt = tmp_path / "tiny.ckpt"
     official_to_checkpoint(primal, duals, {"variant": "drn_tiny", "scale": 4, "n_feats": 8, "n_blocks": 4}, ckpt)
-    out = tmp_path / "model.json"
-    result = run_module(
-        "drn_lightning.eval",
-        [
-            "model=drn_tiny",
-            "scale=4",
-            f"weights={ckpt}",
-            f"data.root={root}",
-            "data.sets=[Photos]",
-            f"results_json={out}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        cwd=REPO_ROOT,
+    scores = _eval_in_process(
+        tmp_path, "model=drn_tiny", "scale=4", f"weights={ckpt}", f"data.root={root}", "data.sets=[Photos]"
     )
-    assert result.returncode == 0, result.stderr
     from drn_lightning.data.datasets import BenchmarkDataset
 
     expected = evaluate(model_upscaler(primal.eval()), {"Photos": BenchmarkDataset(root, "Photos", 4)}, 4, round_y=True)
-    assert json.loads(out.read_text())["Photos"]["psnr"] == pytest.approx(expected["Photos"]["psnr"], abs=1e-4)
+    assert scores["Photos"]["psnr"] == pytest.approx(expected["Photos"]["psnr"], abs=1e-4)
+    assert json.loads((tmp_path / "results.json").read_text()) == scores
 
 
 @pytest.mark.parametrize(
@@ -133,13 +135,18 @@ def test_eval_with_our_checkpoint_matches_in_process_scores(tmp_path: Path) -> N
 )
 def test_eval_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     root = _photo_set(tmp_path / "bench")
-    result = run_module(
-        "drn_lightning.eval",
-        [f"data.root={root}", "data.sets=[Photos]", *args, f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=REPO_ROOT,
-    )
-    assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
+    cfg = _compose_eval(tmp_path, f"data.root={root}", "data.sets=[Photos]", *args)
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        run(cfg)
+    line = failure_line(cfg, info.value)
+    assert message in line and "\n" not in line and not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_eval_command_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """The command line itself: one `error:` line on stderr, exit 2, no traceback."""
+    result = run_module("drn_lightning.eval", ["scale=3", f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO_ROOT)
+    assert result.returncode == 2 and result.stderr.startswith("error: scale=3") and "Traceback" not in result.stderr
 
 
 def test_eval_refuses_weights_of_another_scale(tmp_path: Path) -> None:
@@ -147,25 +154,16 @@ def test_eval_refuses_weights_of_another_scale(tmp_path: Path) -> None:
     primal, duals = build_drn("drn_tiny", 8)
     ckpt = tmp_path / "x8.ckpt"
     official_to_checkpoint(primal, duals, {"variant": "drn_tiny", "scale": 8, "n_feats": 4, "n_blocks": 4}, ckpt)
-    result = run_module(
-        "drn_lightning.eval",
-        [
-            "model=drn_tiny",
-            "scale=4",
-            f"weights={ckpt}",
-            f"data.root={root}",
-            "data.sets=[Photos]",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        cwd=REPO_ROOT,
-    )
-    assert result.returncode == 2
-    assert "expected scale x4" in result.stderr and "x8" in result.stderr
+    with pytest.raises(ValueError, match="expected scale x4.*x8"):
+        _eval_in_process(
+            tmp_path, "model=drn_tiny", "scale=4", f"weights={ckpt}", f"data.root={root}", "data.sets=[Photos]"
+        )
 
 
 @pytest.mark.skipif(not (BENCHMARKS_DIR / "Set5").is_dir(), reason="../shared/data/benchmarks not present")
 def test_eval_command_reproduces_published_set5_bicubic(tmp_path: Path) -> None:
-    scores = _bicubic_eval(BENCHMARKS_DIR, "Set5", tmp_path)[0]["Set5"]
+    scores = _eval_in_process(tmp_path, "model=bicubic", "scale=4", f"data.root={BENCHMARKS_DIR}", "data.sets=[Set5]")
+    scores = scores["Set5"]
     assert scores["psnr"] == pytest.approx(28.42, abs=0.03)
     assert scores["ssim"] == pytest.approx(0.8104, abs=0.005)
     assert scores["images"] == 5

@@ -105,11 +105,11 @@ def test_cli_export(tmp_path: Path, tiny4: torch.nn.Module, capsys) -> None:
                 "--format",
                 "onnx",
                 "-o",
-                str(tmp_path / "w.onnx"),
+                str(tmp_path / "w2.onnx"),
                 "--scale",
                 "2",
             ]
         )
         == 1
     )
-    assert "expected scale x2" in capsys.readouterr().err
+    assert "expected scale x2" in capsys.readouterr().err and not (tmp_path / "w2.onnx").exists()

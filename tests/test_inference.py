@@ -331,6 +331,7 @@ def test_uint8_results_are_the_rounded_float_output(
         assert np.array_equal(out[..., 3], alpha.astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_tiled_upscale_memory_grows_with_the_uint8_output_not_a_float_one() -> None:
     """Peak RSS per extra output pixel (two image sizes, fresh processes): ~4 bytes (uint8 RGB out + the float
     input), where holding the float32 output took ~37."""
@@ -346,3 +347,44 @@ def test_tiled_upscale_memory_grows_with_the_uint8_output_not_a_float_one() -> N
     extra_pixels = (big * 4) ** 2 - (small * 4) ** 2
     per_pixel = (runs[big].call_bytes - runs[small].call_bytes) / extra_pixels
     assert per_pixel < 10, f"{per_pixel:.1f} bytes per output pixel"
+
+
+# --- issue 21: PIL images keep their facts (orientation, grey + alpha, palette transparency, animations) -----
+
+
+def test_pil_exif_orientation_is_applied_and_not_carried(tmp_path, tiny2: nn.Module) -> None:
+    """A JPEG stored sideways (EXIF orientation 8): upscaled upright, and the result carries no orientation tag."""
+    from PIL import ExifTags, ImageOps
+
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 8
+    Image.fromarray(skdata.chelsea()[50:66, 100:124]).save(tmp_path / "s.jpg", exif=exif.tobytes())
+    sideways = Image.open(tmp_path / "s.jpg")
+    out = upscale(sideways, model=tiny2, device="cpu")
+    assert out.size == (32, 48) and ExifTags.Base.Orientation not in out.getexif()
+    upright = np.asarray(ImageOps.exif_transpose(sideways))
+    assert np.array_equal(np.asarray(out), upscale(upright, model=tiny2, device="cpu"))
+
+
+def test_grey_alpha_and_palette_transparency_keep_their_kind(tiny2: nn.Module, rgb_u8: np.ndarray) -> None:
+    """LA stays LA (before: RGBA), a palette or grey image with a transparent colour gains alpha (before: RGB)."""
+    grey, alpha = rgb_u8[..., 1].copy(), np.tile(np.linspace(0, 255, 33, dtype=np.uint8), (21, 1))
+    out = upscale(Image.fromarray(np.dstack([grey, alpha]), mode="LA"), model=tiny2, device="cpu")
+    assert out.mode == "LA" and out.size == (66, 42)
+    assert np.array_equal(np.asarray(out)[..., 0], upscale(grey, model=tiny2, device="cpu"))
+    rgba = upscale(np.dstack([rgb_u8, alpha]), model=tiny2, device="cpu")
+    assert np.array_equal(np.asarray(out)[..., 1], rgba[..., 3])  # alpha upscaled as RGBA's is
+    palette = Image.fromarray(rgb_u8).quantize(8)
+    palette.info["transparency"] = int(np.asarray(palette)[0, 0])
+    assert upscale(palette, model=tiny2, device="cpu").mode == "RGBA"
+    keyed = Image.fromarray(grey)
+    keyed.info["transparency"] = int(grey[0, 0])
+    assert upscale(keyed, model=tiny2, device="cpu").mode == "LA"
+
+
+def test_animated_pil_image_warns_and_upscales_its_current_frame(tmp_path, tiny2: nn.Module) -> None:
+    frames = [Image.fromarray(skdata.coffee()[100 + 8 * i : 116 + 8 * i, 200:220]) for i in range(3)]
+    frames[0].save(tmp_path / "a.png", save_all=True, append_images=frames[1:])
+    with pytest.warns(UserWarning, match=r"^animated image: only frame 1 of 3 is upscaled$"):
+        out = upscale(Image.open(tmp_path / "a.png"), model=tiny2, device="cpu")
+    assert np.array_equal(np.asarray(out), upscale(np.asarray(frames[0]), model=tiny2, device="cpu"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from drn_lightning.losses import DRNLoss
+from drn_lightning.training.losses import DRNLoss
 
 
 def const(value: float, size: int, batch_values: list[float] | None = None) -> torch.Tensor:

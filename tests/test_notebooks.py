@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -45,7 +46,10 @@ def test_quickstart_executes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     text = "\n".join(
         out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
     )
-    assert "random drn_tiny" in text and "PSNR-Y bicubic" in text
+    assert "training drn_tiny for about a minute" in text and "PSNR-Y bicubic" in text
+    psnr = {k: float(v) for k, v in re.findall(r"(bicubic|DRN[^\n]*\)) (\d+\.\d+) dB", text)}
+    drn = next(v for k, v in psnr.items() if k.startswith("DRN"))
+    assert drn > psnr["bicubic"], psnr  # a trained model, never a random one
     assert "max |tiled - whole| in gray levels:" in text
     figures = [out for cell in nb.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
     assert figures, "the comparison figure was not produced"

@@ -1,9 +1,8 @@
 """Speed work must not change the maths: activation checkpointing, torch.compile, and our Lightning step against
-the authors'-style reference step (benchmarks/bench.py) in fp32."""
+the authors'-style reference step (benchmarks/cases/train.py) in fp32."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -12,16 +11,8 @@ import torch
 
 from drn_lightning.models.drn import DRN
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_bench():
-    """benchmarks/bench.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("drn_bench", REPO / "benchmarks" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("drn_bench", module)
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from cases import train as bench  # benchmarks/ holds scripts, not a package
 
 
 def test_checkpoint_blocks_keeps_keys_loss_and_gradients() -> None:
@@ -75,11 +66,11 @@ def test_checkpoint_blocks_is_a_config_option_that_saves_activation_memory(tmp_p
 
 def test_lightning_step_matches_authors_reference_step(tmp_path: Path) -> None:
     """Same weights and batch: our Trainer.fit (channels_last, fused Adam, one optimiser) vs the authors' loop."""
-    bench = load_bench()
     variant, scale = "drn_tiny", 4
     batch = bench.fixed_batch(scale, lr_size=12, batch=2)
     primal, duals = bench.make_networks(variant, scale)
-    reference = bench.reference_losses(primal, duals, batch, steps=2, **bench.config_adam(variant, scale))
+    reference_trainer = bench.ReferenceTrainer(primal, duals, **bench.config_adam(variant, scale))
+    reference = [reference_trainer.step(batch["lr"], batch["hr"]) for _ in range(2)]
     ours, module = bench.lightning_losses(variant, scale, batch, steps=2, workdir=str(tmp_path))
     assert len(ours) == 2
     assert module.primal.head.weight.is_contiguous(memory_format=torch.channels_last)

@@ -1,4 +1,4 @@
-"""Every `python -m drn_lightning.train` command the README shows composes as written (`--cfg job`, which needs no
+"""Every `python -m drn_lightning.train` (or `drn-train`) command the README shows composes as written (`--cfg job`, which needs no
 data), and each `key=value` it types lands in the composed config. Sweeps (`-m a=x,y`) are composed once per
 first and last value, since Hydra prints one job's config at a time."""
 
@@ -26,14 +26,14 @@ def readme_train_commands() -> list[str]:
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split("  #", 1)[0].strip()
-            if line.startswith("python -m drn_lightning.train"):
+            if line.startswith(("python -m drn_lightning.train", "drn-train ")):
                 commands.append(line)
     return commands
 
 
 def single_runs(command: str) -> list[list[str]]:
     """The overrides of one job per first and last sweep value (the command itself when it sweeps nothing)."""
-    args = shlex.split(command)[3:]
+    args = shlex.split(command)[1 if command.startswith("drn-train") else 3 :]
     sweep = "-m" in args
     args = [a for a in args if a != "-m"]
     if not sweep:

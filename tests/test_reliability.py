@@ -27,11 +27,14 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import CPU_DDP
-from drn_lightning.config import ConfigError, validate_train_config
+from conftest import CPU_DDP, TINY_TRAIN, compose_train
 from drn_lightning.data.io import ImageReadError, read_image
-from drn_lightning.models.official import CheckpointError
-from drn_lightning.reliability import SIGTERM_EXIT_CODE, AtomicCheckpointIO, CheckpointWriteError, failure_message
+from drn_lightning.models.weights import CheckpointError
+from drn_lightning.options import OptionError
+from drn_lightning.train import prepare
+from drn_lightning.train import train as fit
+from drn_lightning.training.checkpoint_io import WRITTEN_LIST, AtomicCheckpointIO, CheckpointWriteError
+from drn_lightning.training.run import SIGTERM_EXIT_CODE, failure_message
 
 pytestmark = pytest.mark.reliability
 
@@ -54,6 +57,7 @@ TINY = [
     f"trainer.max_steps={STEPS}",
     "trainer.deterministic=true",
     "trainer.limit_val_batches=0",
+    "optimized_metric=null",  # no validation, no val/psnr to return
     "trainer.enable_model_summary=false",
     "trainer.enable_progress_bar=false",
     "test_after_fit=false",
@@ -134,7 +138,8 @@ def newest_last(folder: Path) -> Path:
 
 
 def ckpt_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    """The folder's files but the record of the checkpoints written there (checkpoint_io.WRITTEN_LIST)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != WRITTEN_LIST) if folder.is_dir() else []
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +158,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> dict[str
 
 
 def _checkpoint(tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    state = {"state_dict": {"w": torch.arange(4.0)}, "global_step": 3}
+    state = {"state_dict": {"w": torch.arange(4.0)}, "global_step": 3, "pytorch-lightning_version": "2.6.6"}
     state.update(extra)
     return state
 
@@ -200,7 +205,7 @@ def test_sigkill_mid_write_leaves_only_a_hidden_temporary(tmp_path: Path) -> Non
     before = last.read_bytes()
     script = f"""
 import os, signal, torch
-from drn_lightning.reliability import AtomicCheckpointIO
+from drn_lightning.training.checkpoint_io import AtomicCheckpointIO
 real = torch.save
 def die(obj, f, *a, **k):
     f.write(b"PK" + b"0" * 1000)
@@ -238,7 +243,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(
     without_place = load(last)
     del without_place["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     del without_place["SRDataModule"]
-    torch.save(without_place, control / "checkpoints" / "last.ckpt")
+    AtomicCheckpointIO().save_checkpoint(without_place, control / "checkpoints" / "last.ckpt")
 
     resumed = train(run_dir, cache, "ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -313,7 +318,7 @@ def test_two_rank_ddp_killed_mid_epoch_resumes_exactly_with_the_same_command(tmp
     scheduler of an uninterrupted 2-rank run, each rank skipping the batches of its own shard it had drawn."""
     uninterrupted = train(tmp_path / "reference", cache, *CPU_DDP)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
-    assert "Starting with 2 processes" in uninterrupted.stderr
+    assert "Starting with 2 processes" in uninterrupted.stdout + uninterrupted.stderr
     run_dir = tmp_path / "run"
     killer = ["+callbacks.killer._target_=helpers_reliability.KillAtStep", "+callbacks.killer.step=3"]
     proc = subprocess.Popen(
@@ -384,9 +389,9 @@ def test_preemption_signal_saves_a_checkpoint_at_the_current_step_and_the_same_c
         f"{signum.name}: saved checkpoint at global step {step} to {run_dir / 'checkpoints' / 'last.ckpt'}"
         in stdout + stderr
     )
-    assert error_lines(stderr) == [
-        f"error: stopped by SIGTERM (preemption); resume with ckpt_path=last hydra.run.dir={run_dir}"
-    ]
+    line = f"error: stopped by {signum.name} (preemption); resume with ckpt_path=last hydra.run.dir={run_dir}"
+    assert error_lines(stderr) == [line]  # SIGUSR1/SIGUSR2 said SIGTERM before
+    assert f"[drn_lightning][ERROR] - {line}" in (run_dir / "train.log").read_text()
     saved = load(run_dir / "checkpoints" / "last.ckpt")
     assert saved["global_step"] == step
 
@@ -401,20 +406,11 @@ def test_preemption_signal_saves_a_checkpoint_at_the_current_step_and_the_same_c
 # ---------------------------------------------------------------------------------------------- 2. NaN / Inf
 
 
-# `host`: checked in training_step (the CPU default); `device`: flagged on the device, the fused Adam skips the
-# step, the host reads the loss later without a sync (the CUDA default), run here on the CPU.
 @pytest.mark.slow
-@pytest.mark.parametrize("check", ["host", "device"])
-def test_nonfinite_loss_stops_naming_step_and_files_and_keeps_last_good_checkpoint(
-    tmp_path: Path, cache: Path, check: str
-) -> None:
+def test_nonfinite_loss_stops_naming_step_and_files_and_keeps_last_good_checkpoint(tmp_path: Path, cache: Path) -> None:
     run_dir = tmp_path / "run"
     result = train(
-        run_dir,
-        cache,
-        "+callbacks.poison._target_=helpers_reliability.PoisonBatchAtStep",
-        "+callbacks.poison.step=3",
-        f"nonfinite_check={check}",
+        run_dir, cache, "+callbacks.poison._target_=helpers_reliability.PoisonBatchAtStep", "+callbacks.poison.step=3"
     )
     assert result.returncode == 1
     (line,) = error_lines(result.stderr)
@@ -429,14 +425,12 @@ def test_nonfinite_loss_stops_naming_step_and_files_and_keeps_last_good_checkpoi
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("check", ["host", "device"])
-def test_nonfinite_loss_skip_logs_and_continues(tmp_path: Path, cache: Path, check: str) -> None:
+def test_nonfinite_loss_skip_logs_and_continues(tmp_path: Path, cache: Path) -> None:
     run_dir = tmp_path / "run"
     result = train(
         run_dir,
         cache,
         "nonfinite_loss=skip",
-        f"nonfinite_check={check}",
         "+callbacks.poison._target_=helpers_reliability.PoisonBatchAtStep",
         "+callbacks.poison.step=3",
         "+callbacks.poison.value=inf",
@@ -559,7 +553,7 @@ def test_broken_training_image_stops_the_run_naming_the_file(tmp_path: Path, cac
         "data=df2k",
         f"data.train.hr_dir={hr}",
         "data.train.lr_dir=null",
-        f"+data.train.lr_cache_dir={tmp_path / 'lr_cache'}",
+        f"data.train.cache_dir={tmp_path / 'lr_cache'}",
         "data.val_sets.DIV2K_val=null",
         "data.val_sets.Set5=null",
     ]
@@ -574,11 +568,11 @@ def test_malicious_resume_checkpoint_is_refused_at_start(tmp_path: Path, cache: 
     marker = tmp_path / "pwned"
     evil = _malicious_file(tmp_path / "evil.ckpt", marker)
     run_dir = tmp_path / "run"
-    result = train(run_dir, tmp_path / "fresh_cache", f"ckpt_path={evil}")
-    assert result.returncode == 2
+    result = train(run_dir, cache, f"ckpt_path={evil}")  # refused when Lightning loads it, before any step
+    assert result.returncode == 1
     (line,) = error_lines(result.stderr)
-    assert line.startswith(f"error: ckpt_path: {evil}: refused") and "nothing was executed" in line
-    assert not marker.exists() and not (run_dir / "checkpoints").exists() and not (tmp_path / "fresh_cache").exists()
+    assert line.startswith(f"error: {evil}: refused") and "nothing was executed" in line
+    assert not marker.exists() and not (run_dir / "checkpoints").exists()
 
     # `ckpt_path=last` picks the file up only when training starts: refused there, by the checkpoint loader.
     (run_dir / "checkpoints").mkdir(parents=True)
@@ -593,16 +587,16 @@ def test_malicious_resume_checkpoint_is_refused_at_start(tmp_path: Path, cache: 
 # ---------------------------------------------------------------------------------------------- 4. configuration
 
 INVALID = [
-    (["scale=3"], "scale=3 is not supported; allowed: [2, 4, 8]"),
-    (["data=semi", "data.unpaired_ratio=1.0"], "data.unpaired_ratio=1.0 must be in [0, 1)"),
-    (["data.patch_size=30"], "data.patch_size=30 must be a positive multiple of scale=4"),
+    (["scale=3"], "scale=3: allowed: 2, 4, 8"),
+    (["data=semi", "data.unpaired_ratio=1.0"], "data.unpaired_ratio=1.0: must be in [0, 1)"),
+    (["data.patch_size=30"], "data.patch_size=30: must be a positive multiple of scale=4"),
     (
         ["data=df2k", "paths.data_dir=/nonexistent"],
-        "data.train.hr_dir='/nonexistent/DF2K/DF2K_train_HR': path does not exist",
+        "data.train.hr_dir='/nonexistent/DF2K/DF2K_train_HR': does not exist",
     ),
-    (["model.optimizer.lr=-0.001"], "model.optimizer.lr=-0.001 must be > 0"),
-    (["model=drn_s", "scale=2"], "model.net.variant='drn_s' is not defined at scale=2"),
-    (["nonfinite_loss=ignore"], "nonfinite_loss='ignore'; allowed: raise, skip"),
+    (["model.optimizer.lr=-0.001"], "model.optimizer.lr=-0.001: must be > 0"),
+    (["model=drn_s", "scale=2"], "model.net.variant='drn_s': not defined at scale=2"),
+    (["nonfinite_loss=ignore"], "nonfinite_loss='ignore': allowed: raise, skip"),
     (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path='/nonexistent/last.ckpt': file not found"),
 ]
 
@@ -627,7 +621,7 @@ def test_invalid_option_is_rejected_before_any_data_is_read(tmp_path: Path, over
     import drn_lightning.train as entry
 
     cfg = _compose(overrides, tmp_path)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(OptionError) as info:
         entry.prepare(cfg)
     assert message in str(info.value)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()  # no photo, LR cache or log written
@@ -638,19 +632,19 @@ def test_unwritable_checkpoint_folder_is_rejected_at_start(tmp_path: Path) -> No
     blocker.write_text("")
     cfg = _compose([f"callbacks.model_checkpoint.dirpath={blocker}/checkpoints"], tmp_path)
     with pytest.raises(
-        ConfigError,
+        OptionError,
         match=rf"callbacks\.model_checkpoint\.dirpath='{blocker}/checkpoints': cannot write there: {blocker} is a file",
     ):
-        validate_train_config(cfg)
+        prepare(cfg)
 
 
 def test_hostile_weights_file_is_rejected_at_start(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     evil = _malicious_file(tmp_path / "evil.pt", marker)
     cfg = _compose([f"weights={evil}"], tmp_path)
-    with pytest.raises(ConfigError, match=rf"weights: {evil}: refused"):
-        validate_train_config(cfg)
-    assert not marker.exists()
+    with pytest.raises(CheckpointError, match=rf"{evil}: refused"):
+        prepare(cfg)
+    assert not marker.exists() and not (tmp_path / "cache").exists()  # before any data is read
 
 
 def test_unknown_key_is_rejected_and_plus_adds_it(tmp_path: Path) -> None:
@@ -787,7 +781,7 @@ def test_authors_files_load_without_a_digest_and_ours_add_no_key(tmp_path: Path)
     dict's `_metadata`, so the authors' `load_state_dict(strict=True)` sees exactly the model's keys."""
     from drn_lightning.models import build_drn, load_weights, save_official
     from drn_lightning.models.drn import DRN
-    from drn_lightning.models.official import DIGEST_KEY
+    from drn_lightning.models.weights import DIGEST_KEY
 
     torch.manual_seed(0)
     primal, _ = build_drn("drn_tiny", 4, dual=False)
@@ -828,3 +822,115 @@ def test_non_finite_weights_are_refused_by_eval(tmp_path: Path) -> None:
         f"error: {tmp_path / 'nan.pt'}: non-finite weights (NaN or Inf) in ['head.bias']; the weights are unusable"
     ]
     assert "Traceback" not in result.stderr and not (tmp_path / "out.json").exists()
+
+
+def _without_digest(path: Path, kind: str) -> None:
+    """The file re-saved without its digest: the top-level key of a `.ckpt` (and, for `both`, our top-level mark),
+    or the `_metadata` entry of a `.pt` state dict (the first, for the authors' list of dual state dicts)."""
+    from drn_lightning.models.weights import DIGEST_KEY, WRITER_KEY
+
+    obj = torch.load(path, weights_only=True)
+    if path.suffix == ".ckpt":
+        for key in (DIGEST_KEY, WRITER_KEY) if kind == "both" else (DIGEST_KEY,):
+            del obj[key]
+    for state in obj if isinstance(obj, list) else [obj]:
+        getattr(state, "_metadata", {}).pop(DIGEST_KEY, None)
+    torch.save(obj, path)
+
+
+@pytest.mark.parametrize(
+    ("name", "stripped"),
+    [
+        ("last.ckpt", "digest"),
+        ("last.ckpt", "both"),
+        ("weights.ckpt", "digest"),
+        ("primal.pt", "digest"),
+        ("dual.pt", "digest"),
+    ],
+)
+def test_our_files_without_their_digest_are_refused_unless_allow_unverified(
+    tmp_path: Path, name: str, stripped: str
+) -> None:
+    """Before, a file whose digest was removed loaded unchecked. Our writers also mark the state dict's `_metadata`,
+    so removing the digest and the top-level mark still leaves it recognisably ours."""
+    from drn_lightning.models import build_drn, load_weights, official_to_checkpoint, save_official
+
+    torch.manual_seed(0)
+    primal, duals = build_drn("drn_tiny", 4)
+    save_official(primal, duals, tmp_path / "primal.pt", tmp_path / "dual.pt")
+    official_to_checkpoint(primal, duals, {"variant": "drn_tiny", "scale": 4, "n_feats": 8, "n_blocks": 4},
+                           tmp_path / "weights.ckpt")  # fmt: skip
+    state = {"state_dict": primal.state_dict(), "global_step": 3, "pytorch-lightning_version": "2.6.6"}
+    AtomicCheckpointIO().save_checkpoint(state, tmp_path / "last.ckpt")
+    _without_digest(tmp_path / name, stripped)
+
+    def read(allow_unverified: bool) -> Any:
+        if name == "last.ckpt":
+            return AtomicCheckpointIO(allow_unverified=allow_unverified).load_checkpoint(tmp_path / name)
+        first, dual = ("primal.pt", tmp_path / "dual.pt") if name.endswith(".pt") else (name, None)
+        return load_weights(tmp_path / first, dual, allow_unverified=allow_unverified)
+
+    with pytest.raises(
+        CheckpointError, match=re.escape(f"{tmp_path / name}: written by drn_lightning but its SHA-256")
+    ):
+        read(False)
+    read(True)
+
+
+IN_PROCESS = [*TINY_TRAIN, "scale=2", "model.net.n_feats=4", "model.net.n_blocks=1", "data.patch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, demo_cache: Path) -> Path:
+    """One training step of the tiny x2 DRN (4 features, 1 block), in this process; its last.ckpt."""
+    folder = tmp_path_factory.mktemp("tiny")
+    cfg = compose_train([*IN_PROCESS, "trainer.max_steps=1", "~callbacks.image_grid"], folder, demo_cache)
+    fit(cfg, *prepare(cfg))
+    return folder / "checkpoints" / "last.ckpt"
+
+
+NETWORKS = {  # config overrides against the x2 (4 features, 1 block) checkpoint: (overrides, the config's side)
+    "scale": (["scale=4"], "custom_f4_b1 x4 (n_feats=4, n_blocks=1)"),
+    "width": (["model.net.n_feats=8"], "custom_f8_b1 x2 (n_feats=8, n_blocks=1)"),
+    "variant": (["model.net.n_feats=null", "model.net.n_blocks=null"], "drn_tiny x2 (n_feats=8, n_blocks=4)"),
+}
+
+
+@pytest.mark.parametrize("option", ["ckpt_path", "weights"])
+@pytest.mark.parametrize("differs", list(NETWORKS))
+def test_a_checkpoint_of_another_network_is_one_line_naming_both(
+    tmp_path: Path, demo_cache: Path, tiny_checkpoint: Path, option: str, differs: str
+) -> None:
+    """Resuming or starting from a checkpoint of another scale, width or variant. Before: Lightning's strict load
+    listed every mismatched tensor (35-112 lines), or `weights=` said `expected scale x4` without the config's side."""
+    source, (overrides, config_side) = tiny_checkpoint, NETWORKS[differs]
+    cfg = compose_train([*IN_PROCESS, *overrides, f"{option}={source}"], tmp_path / "run", demo_cache)
+    with pytest.raises(OptionError) as info:
+        fit(cfg, *prepare(cfg))
+    assert str(info.value) == (
+        f"{option}={str(source)!r}: checkpoint: custom_f4_b1 x2 (n_feats=4, n_blocks=1); config: {config_side}"
+    )
+    assert info.value.exit_code == 2 and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_error_line_is_also_written_to_the_run_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """run_guard prints the one `error:` line and writes it to the run's log file (Hydra's `<run>/train.log`)."""
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from drn_lightning.training.run import run_guard
+
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "extras": {"print_config": False}})
+    handler = logging.FileHandler(tmp_path / "train.log")
+    handler.setFormatter(logging.Formatter("[%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        with pytest.raises(SystemExit) as stop, run_guard(cfg):
+            raise OptionError("data.patch_size", 30, "must be a positive multiple of scale=4")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    line = "error: data.patch_size=30: must be a positive multiple of scale=4"
+    assert stop.value.code == 2 and capsys.readouterr().err.splitlines() == [line]
+    assert (tmp_path / "train.log").read_text().splitlines() == [f"[drn_lightning][ERROR] - {line}"]

@@ -22,10 +22,12 @@ import torch
 from PIL import Image
 from torch._utils import ExceptionWrapper
 
-from drn_lightning.callbacks import RunCheckpoint
+from conftest import TINY_TRAIN, compose_train
 from drn_lightning.data.io import ImageReadError
 from drn_lightning.files import write_json
-from drn_lightning.reliability import AtomicCheckpointIO, CheckpointWriteError, failure_message
+from drn_lightning.training.callbacks import RunCheckpoint
+from drn_lightning.training.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
+from drn_lightning.training.run import failure_message
 from test_reliability import REPO, STEPS, TINY, _env, _train_cmd, cache, ckpt_files, error_lines, load, train
 
 pytestmark = pytest.mark.reliability
@@ -73,21 +75,16 @@ def test_checkpoint_state_naming_paths_outside_the_folder_is_dropped_and_never_r
     assert (callback.best_model_path, callback.last_model_path, callback.kth_best_model_path) == ("", "", "")
     assert callback.best_k_models == {} and callback.best_model_score is None
 
-    removed: list[str] = []
-
-    class Strategy:
-        def remove_checkpoint(self, path: str) -> None:
-            removed.append(path)
-            Path(path).unlink()
-
-    trainer: Any = type("T", (), {"strategy": Strategy(), "is_global_zero": True})()
-    for path in (f"{dirpath}/../../victim", str(dirpath / "escape"), str(lone), str(dirpath)):
-        callback._remove_checkpoint(trainer, path)
+    io = AtomicCheckpointIO()  # ModelCheckpoint deletes through it (docs/library_internals.md)
+    theirs = dirpath / "theirs.ckpt"
+    theirs.write_text("not written by this run")
+    for path in (f"{dirpath}/../../victim", str(dirpath / "escape"), str(lone), str(dirpath), str(theirs)):
+        io.remove_checkpoint(path)
     inside = dirpath / "step2.ckpt"
-    inside.write_text("")
-    callback._remove_checkpoint(trainer, str(inside))
-    assert removed == [str(inside)] and not inside.exists()
-    assert (folder / "sub" / "precious.txt").is_file() and lone.is_file()
+    io.save_checkpoint({"state_dict": {}, "pytorch-lightning_version": "2.6.6"}, inside)
+    io.remove_checkpoint(inside)
+    assert not inside.exists() and theirs.is_file() and lone.is_file()
+    assert (folder / "sub" / "precious.txt").is_file()
 
 
 @pytest.mark.slow
@@ -111,12 +108,50 @@ def test_crafted_resume_checkpoint_cannot_delete_outside_the_run(tmp_path: Path,
         state.update(dirpath=str(run / "checkpoints"), best_model_path=target, last_model_path=target)
         state.update(kth_best_model_path=str(lone), best_k_models={str(lone): torch.tensor(1.0)})
     planted = run / "checkpoints" / "last.ckpt"
-    torch.save(crafted, planted)
+    AtomicCheckpointIO().save_checkpoint(crafted, planted)  # crafted, with a valid digest (it is no signature)
     resumed = train(run, cache, "ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (folder / "sub" / "precious.txt").read_text() == "keep me" and lone.read_text() == "keep me too"
     assert f"{planted}: ignored paths outside the checkpoint folder" in resumed.stdout + resumed.stderr
     assert load(planted)["global_step"] == STEPS
+
+
+def test_a_checkpoint_folder_shared_with_other_files_loses_none_of_them(
+    tmp_path: Path, demo_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both checkpoint callbacks pointed at a folder with a user's files, resumed from a checkpoint whose callback
+    state names them as the best, the k-th best and the last checkpoint: each is replaced in turn, none is deleted."""
+    from drn_lightning.train import prepare
+    from drn_lightning.train import train as fit
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    precious, notes = shared / "precious.txt", shared / "notes.ckpt"
+    precious.write_text("keep me")
+    notes.write_text("my notes")
+    tiny = [*TINY_TRAIN, "scale=2", "model.net.n_feats=4", "model.net.n_blocks=1", "data.patch_size=16",
+            "checkpoint_every_n_steps=1", "~callbacks.image_grid", "~callbacks.lr_monitor"]  # fmt: skip
+
+    def run(folder: Path, *extra: str) -> None:
+        cfg = compose_train([*tiny, *extra], folder, demo_cache)
+        fit(cfg, *prepare(cfg))
+
+    run(tmp_path / "source")
+    crafted = load(tmp_path / "source" / "checkpoints" / "last.ckpt")
+    states = [v for v in crafted["callbacks"].values() if "best_model_path" in v]
+    for state in states:
+        state.update(dirpath=str(shared), best_model_path=str(notes), last_model_path=str(precious))
+        state.update(kth_best_model_path=str(notes), best_k_models={str(notes): torch.tensor(-1.0)})
+        state.update(best_model_score=torch.tensor(-1.0), kth_value=torch.tensor(-1.0))
+    AtomicCheckpointIO().save_checkpoint(crafted, tmp_path / "crafted.ckpt")
+    on_shared = [f"callbacks.{name}.dirpath={shared}" for name in ("model_checkpoint", "last_checkpoint")]
+    run(tmp_path / "run", *on_shared, f"ckpt_path={tmp_path / 'crafted.ckpt'}", "trainer.max_steps=4",
+        "trainer.max_epochs=2")  # fmt: skip
+    assert precious.read_text() == "keep me" and notes.read_text() == "my notes"
+    names = ckpt_files(shared)
+    assert "last.ckpt" in names and len([n for n in names if n.startswith("best-")]) == 1, names
+    refused = {r.getMessage().split(":")[0] for r in caplog.records if "this run did not write it" in r.getMessage()}
+    assert refused == {str(precious), str(notes)}
 
 
 # ---------------------------------------------------------------------------------------------- 2. periodic last
@@ -166,7 +201,7 @@ def _data_case(tmp_path: Path, case: str) -> tuple[list[str], str]:
         (hr / "c.png").write_bytes(data[: len(data) // 2])
         named = str(hr / "c.png")
     overrides = ["data=df2k", f"data.train.hr_dir={hr}", f"data.train.lr_dir={lr_dir}", "~data.val_sets"]
-    overrides.append(f"+data.train.lr_cache_dir={tmp_path / 'lr_cache'}")
+    overrides.append(f"data.train.cache_dir={tmp_path / 'lr_cache'}")
     if case == "truncated_png_in_worker":
         overrides.append("data.num_workers=2")
     return overrides, named
@@ -220,13 +255,13 @@ def test_disk_full_inside_torch_save_names_the_file_and_keeps_the_previous_check
 ) -> None:
     """ENOSPC raised by the file itself while torch's zip writer streams into it: torch then raises its own
     RuntimeError ("unexpected pos") when closing; the error is still the one-line CheckpointWriteError."""
-    import drn_lightning.reliability as reliability
+    import drn_lightning.training.checkpoint_io as checkpoint_io
 
     state = {"state_dict": {"w": torch.arange(25_000.0)}, "global_step": 3}
     last = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint(state, last)
     before = last.read_bytes()
-    real = reliability.atomic_write
+    real = checkpoint_io.atomic_write
 
     class FullDisk:
         def __init__(self, handle: Any) -> None:
@@ -241,7 +276,7 @@ def test_disk_full_inside_torch_save_names_the_file_and_keeps_the_previous_check
         def flush(self) -> None:
             self.handle.flush()
 
-    monkeypatch.setattr(reliability, "atomic_write", lambda path, write: real(path, lambda h: write(FullDisk(h))))
+    monkeypatch.setattr(checkpoint_io, "atomic_write", lambda path, write: real(path, lambda h: write(FullDisk(h))))
     with pytest.raises(CheckpointWriteError) as info:
         AtomicCheckpointIO().save_checkpoint({**state, "global_step": 4}, last)
     message, status = failure_message(info.value)
@@ -304,7 +339,7 @@ def test_second_training_in_the_same_run_folder_is_refused_and_the_lock_dies_wit
         second = train(run, cache)
         assert second.returncode == 2, second.stderr[-3000:]
         assert error_lines(second.stderr) == [
-            f"error: hydra.run.dir={run}: another training is running in this folder (it holds {run / '.train.lock'});"
+            f"error: hydra.run.dir='{run}': another training is running in this folder (it holds {run / '.train.lock'});"
             " wait for it to end or give another hydra.run.dir"
         ]
         assert sorted(p.relative_to(run) for p in (run / "csv").rglob("*")) == logs_before  # no csv/version_1

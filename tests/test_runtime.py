@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from drn_lightning.runtime import _glibc
+from drn_lightning.training.runtime import _glibc
 
 # Allocate and free a 64 MB tensor 20 times, counting the page faults of the last 10 rounds.
 PROBE = """
 import json, resource, sys, torch
-from drn_lightning.runtime import keep_freed_memory
+from drn_lightning.training.runtime import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
 def churn():
     x = torch.empty(16 * 2**20)  # 64 MB: above glibc's largest mmap threshold
@@ -37,6 +37,7 @@ def _probe(mode: str) -> dict:
 
 
 @needs_glibc
+@pytest.mark.slow
 def test_keep_freed_memory_stops_refaulting_big_blocks() -> None:
     default, kept = _probe("default"), _probe("keep")
     pages = 10 * 64 * 2**20 // 4096  # what 10 fresh 64 MB blocks cost in 4 KiB pages
@@ -47,10 +48,10 @@ def test_keep_freed_memory_stops_refaulting_big_blocks() -> None:
 
 def test_train_config_switch_is_validated(tmp_path: Path) -> None:
     from conftest import compose_train
-    from drn_lightning.config import ConfigError
+    from drn_lightning.options import OptionError
     from drn_lightning.train import prepare
 
     cfg = compose_train(["keep_freed_memory=maybe"], tmp_path / "out", tmp_path / "cache")
-    with pytest.raises(ConfigError, match="keep_freed_memory='maybe' must be true or false"):
+    with pytest.raises(OptionError, match="keep_freed_memory=.maybe.: must be true or false"):
         prepare(cfg)
     assert compose_train([], tmp_path / "out", tmp_path / "cache").keep_freed_memory is True

@@ -7,15 +7,16 @@ import json
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
 from conftest import BENCHMARKS_DIR, CPU_DDP, REPO_ROOT, TINY_TRAIN, compose_train, execute_notebook, run_module
-from drn_lightning.config import ConfigError, validate_train_config
-from drn_lightning.train import prepare
-from helpers_reliability import PoisonBatchAtStep
+from drn_lightning.ops.imresize import imresize
+from drn_lightning.options import OptionError
+from drn_lightning.train import prepare, train
 
 
 def test_the_default_is_the_paper_recipe_and_the_demo_is_one_word_away(tmp_path: Path, demo_cache: Path) -> None:
@@ -27,7 +28,7 @@ def test_the_default_is_the_paper_recipe_and_the_demo_is_one_word_away(tmp_path:
     assert cfg.model.loss.dual_weight == 0.1 and cfg.model.optimizer.betas == [0.9, 0.999]
     assert cfg.trainer.precision == "32-true" and cfg.torch_threads is None and cfg.ckpt_path == "auto"
     demo = compose_train(["experiment=demo"], tmp_path, demo_cache)
-    validate_train_config(demo)
+    prepare(demo)
     assert demo.model.name == "drn_tiny" and demo.scale == 4
     assert demo.data.train.hr_dir._target_ == "drn_lightning.data.demo_photos"
 
@@ -39,11 +40,12 @@ def test_headline_command_builds_drn_l_x8_with_4_device_ddp_and_names_the_missin
     the data, one error naming the folder and the layout, before anything is built."""
     cfg = compose_train(["model=drn_l", "scale=8", "trainer.devices=4", "trainer.accelerator=cpu",
                          f"paths.data_dir={tmp_path / 'data'}"], tmp_path, demo_cache, demo=False)  # fmt: skip
-    with pytest.raises(ConfigError) as info:
-        validate_train_config(cfg)
+    with pytest.raises(OptionError) as info:
+        prepare(cfg)
     message = str(info.value)
-    assert f"data.train.hr_dir='{tmp_path / 'data'}/DF2K/DF2K_train_HR': path does not exist" in message
-    assert "DF2K/DF2K_train_LR_bicubic/X4/0001x4.png" in message and "data.train.hr_dir=" in message
+    assert (
+        message.startswith(f"data.train.hr_dir='{tmp_path / 'data'}/DF2K/DF2K_train_HR': ") and "drn-sr data" in message
+    )
     module = instantiate(cfg.model)
     primal, duals = module.primal, module.duals
     assert (primal.scale, primal.n_feats, primal.n_blocks) == (8, 10, 36)
@@ -64,22 +66,22 @@ def test_headline_command_builds_drn_l_x8_with_4_device_ddp_and_names_the_missin
         (["data=df2k", "paths.data_dir=/nonexistent"], "data.train.hr_dir"),
         (["model.optimizer.lr=-1"], "model.optimizer.lr=-1"),
         (["nonfinite_loss=ignore"], "nonfinite_loss='ignore'"),
-        (["nonfinite_check=sometimes"], "nonfinite_check='sometimes'"),
-        (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path="),
-        (["model=bicubic"], "model=bicubic"),
+        (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path='/nonexistent/last.ckpt': file not found"),
+        (["model=bicubic"], "model='bicubic'"),
         (["model=drn_s", "scale=2"], "model.net.variant='drn_s'"),
         (["model.net.n_feats=2"], "model.net.n_feats=2"),
-        (["trainer.max_steps=-1", "trainer.max_epochs=-1"], "trainer.max_steps"),
+        pytest.param(["trainer.max_steps=-1", "trainer.max_epochs=-1"], "trainer.max_steps", marks=pytest.mark.slow),
     ],
 )
 def test_invalid_options_fail_before_any_work_naming_the_option(
     tmp_path: Path, overrides: list[str], option: str
 ) -> None:
     cfg = compose_train(overrides, tmp_path / "run", tmp_path / "cache")
-    with pytest.raises(ConfigError) as info:
-        prepare(cfg)
-    assert option in str(info.value)
-    assert not (tmp_path / "cache").exists()  # no demo photo written, no LR made
+    with pytest.raises(OptionError) as info:
+        train(cfg, *prepare(cfg))  # the cosine schedule's bound is checked when the optimiser is made, before step 1
+    assert str(info.value).startswith(option)
+    if "trainer.max_steps" not in option:
+        assert not (tmp_path / "cache").exists()  # no demo photo written, no LR made
 
 
 def test_unknown_keys_are_rejected(tmp_path: Path, demo_cache: Path) -> None:
@@ -161,8 +163,8 @@ def test_fit_then_resume_restores_step_optimizer_and_scheduler(tmp_path: Path, d
 
 def test_a_checkpoint_reloads_as_lightning_users_do(tmp_path: Path, demo_cache: Path) -> None:
     """`DRNLitModule.load_from_checkpoint(path)` with no arguments rebuilds P and D_i from the saved config."""
-    from drn_lightning.lit_module import DRNLitModule
     from drn_lightning.models import load_weights
+    from drn_lightning.training.module import DRNLitModule
 
     cfg = compose_train([*TINY_TRAIN, "logger=csv"], tmp_path / "run", demo_cache)
     datamodule, module, trainer = prepare(cfg)
@@ -170,6 +172,8 @@ def test_a_checkpoint_reloads_as_lightning_users_do(tmp_path: Path, demo_cache: 
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     reloaded = DRNLitModule.load_from_checkpoint(last)
     assert isinstance(reloaded, DRNLitModule) and reloaded.name == "drn_tiny" and reloaded.scale == 4
+    assert not reloaded.training and reloaded.hparams["net"]["variant"] == "drn_tiny"  # ready for inference
+    assert reloaded.hparams["loss"]["dual_weight"] == 0.1 and reloaded.hparams["optimizer"]["lr"] == 2e-3
     for key, value in module.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key].to(value.dtype), value.contiguous()), key
     primal, duals, _ = load_weights(last)  # and the plain-network loader still reads the same file
@@ -182,7 +186,7 @@ def test_a_checkpoint_reloads_as_lightning_users_do(tmp_path: Path, demo_cache: 
 def test_ckpt_path_last_without_a_checkpoint_names_the_folder_and_auto_starts_fresh(
     tmp_path: Path, demo_cache: Path
 ) -> None:
-    with pytest.raises(ConfigError, match=rf"ckpt_path=last: no last\*\.ckpt in {tmp_path / 'run' / 'checkpoints'}"):
+    with pytest.raises(OptionError, match=rf"ckpt_path='last': no last\*\.ckpt in {tmp_path / 'run' / 'checkpoints'}"):
         prepare(compose_train([*TINY_TRAIN, "ckpt_path=last"], tmp_path / "run", demo_cache))
     cfg = compose_train(TINY_TRAIN, tmp_path / "run", demo_cache)
     prepare(cfg)
@@ -195,7 +199,7 @@ def test_ckpt_path_null_refuses_to_overwrite_an_earlier_runs_last_ckpt(tmp_path:
     folder = tmp_path / "run" / "checkpoints"
     folder.mkdir(parents=True)
     (folder / "last.ckpt").write_bytes(b"an earlier run")
-    with pytest.raises(ConfigError, match=rf"ckpt_path=null: {folder} holds last\.ckpt of an earlier run"):
+    with pytest.raises(OptionError, match=rf"ckpt_path=null: {folder} holds last\.ckpt of an earlier run"):
         prepare(compose_train([*TINY_TRAIN, "ckpt_path=null"], tmp_path / "run", demo_cache))
     assert (folder / "last.ckpt").read_bytes() == b"an earlier run"
     cfg = compose_train([*TINY_TRAIN, "ckpt_path=null"], tmp_path / "fresh", demo_cache)
@@ -450,79 +454,43 @@ def test_adapt_real_finetunes_pretrained_weights_on_unpaired_real_lr(tmp_path: P
 
 def test_adapt_real_without_a_folder_names_the_option(tmp_path: Path, demo_cache: Path) -> None:
     cfg = compose_train(["experiment=adapt_real"], tmp_path, demo_cache)  # the paired data is the demo's
-    with pytest.raises(ConfigError, match="real_lr_dir"):
-        validate_train_config(cfg)
+    with pytest.raises(OptionError, match=r"^real_lr_dir='\?\?\?': required"):
+        prepare(cfg)
 
 
-class PoisonAndWatch(PoisonBatchAtStep):
-    """PoisonBatchAtStep (NaN HR images at one step) that also records the primal's head weights before each step
-    and the `found_inf` flag the optimiser was given for it."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__(step)
-        self.weights: dict[int, torch.Tensor] = {}
-        self.found_inf: dict[int, float | None] = {}
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, module: pl.LightningModule, batch: dict, batch_idx: int
-    ) -> None:
-        self.weights[trainer.global_step] = module.primal.head.weight.detach().clone()
-        super().on_train_batch_start(trainer, module, batch, batch_idx)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: object) -> None:
-        flag = getattr(trainer.optimizers[0], "found_inf", None)
-        self.found_inf[trainer.global_step - 1] = None if flag is None else float(flag)
-        self.weights[trainer.global_step] = module.primal.head.weight.detach().clone()
-
-
-@pytest.mark.parametrize("policy", ["skip", "raise"])
-def test_device_side_nonfinite_check_skips_the_step_on_the_device_without_a_host_sync(
-    tmp_path: Path, demo_cache: Path, policy: str
+@pytest.mark.slow
+def test_headline_command_starts_on_the_files_div2k_and_flickr2k_ship(
+    tmp_path: Path, demo_cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """`nonfinite_check=device` (the CUDA default, forced here on the CPU): the loss is not read in training_step;
-    the fused Adam is told `found_inf` and leaves the weights as they were; the host reports the step later."""
-    from drn_lightning.lit_module import NonFiniteLossError
+    """`model=drn_l scale=8` on a fake DF2K laid out as the official archives unpack (X2, X3, X4, no X8) and no
+    Set5: the x8 level is built from the HR before training (one line says so), Set5 is a warning, training runs."""
+    import logging
 
-    cfg = compose_train(
-        [
-            *TINY_TRAIN,
-            "trainer.max_steps=3",
-            "data.steps_per_epoch=3",
-            "trainer.limit_val_batches=0",
-            "callbacks=none",
-            "~logger",
-            "nonfinite_check=device",
-            f"nonfinite_loss={policy}",
-        ],
-        tmp_path / "run",
-        demo_cache,
-    )
-    datamodule, module, trainer = prepare(cfg)
-    watch = PoisonAndWatch(step=1)
-    trainer.callbacks.append(watch)
-    host_reads = []
-    module._nonfinite = lambda value, step, names, _orig=module._nonfinite: (
-        host_reads.append((value, step)) or _orig(value, step, names)
-    )
-    if policy == "raise":
-        with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at global step 1, batch files: \["):
-            trainer.fit(module, datamodule=datamodule)
-    else:
-        trainer.fit(module, datamodule=datamodule)
-        assert trainer.global_step == 3
-    assert module._check_on_device()
-    assert watch.found_inf[0] == 0.0 and watch.found_inf[1] == 1.0  # step 1 flagged on the device
-    assert not torch.equal(watch.weights[0], watch.weights[1])  # a normal step moves the weights
-    assert torch.equal(watch.weights[1], watch.weights[2])  # the NaN step left them untouched (and finite)
-    assert torch.isfinite(watch.weights[2]).all()
-    assert host_reads[0][1] == 1 and len(host_reads) == 1
-    state = trainer.optimizers[0].state[module.primal.head.weight]
-    assert float(state["step"]) == (2.0 if policy == "skip" else 1.0)  # the skipped step did not count for Adam
-    if policy == "skip":
-        assert watch.found_inf[2] == 0.0 and not torch.equal(watch.weights[2], watch.weights[3])
+    from PIL import Image
+    from skimage import data
 
-
-def test_device_side_nonfinite_check_needs_a_fused_optimizer(tmp_path: Path, demo_cache: Path) -> None:
-    cfg = compose_train([*TINY_TRAIN, "nonfinite_check=device", "model.optimizer.fused=false"], tmp_path, demo_cache)
-    with pytest.raises(ConfigError, match="nonfinite_check=device needs model.optimizer.fused=true"):
-        validate_train_config(cfg)
+    photo = np.tile(data.astronaut(), (1, 2, 1))[:136, :200]  # 200x136: divisible by 8 after no crop
+    hr_dir, lr_dir = tmp_path / "DF2K" / "DF2K_train_HR", tmp_path / "DF2K" / "DF2K_train_LR_bicubic"
+    for index in range(2):
+        hr = np.roll(photo, 37 * index, axis=1)
+        hr_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(hr).save(hr_dir / f"{index:04d}.png")
+        for s in (2, 3, 4):
+            crop = torch.from_numpy(np.ascontiguousarray(hr[: hr.shape[0] // s * s, : hr.shape[1] // s * s]))
+            lr = imresize(crop.permute(2, 0, 1).contiguous(), scale=1 / s)
+            (lr_dir / f"X{s}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(lr.permute(1, 2, 0).numpy()).save(lr_dir / f"X{s}" / f"{index:04d}x{s}.png")
+    valid = tmp_path / "DIV2K" / "DIV2K_valid_HR"
+    valid.mkdir(parents=True)
+    for stem in range(801, 811):
+        Image.fromarray(photo[:64, :64]).save(valid / f"{stem:04d}.png")
+    overrides = ["model=drn_l", "scale=8", f"paths.data_dir={tmp_path}", f"paths.benchmarks_dir={tmp_path}/none",
+                 "trainer.accelerator=cpu", "trainer.max_steps=1", "data.patch_size=64", "data.batch_size=2",
+                 "data.num_workers=0", "data.persistent_workers=false", "trainer.enable_progress_bar=false",
+                 "test_after_fit=false", "data.steps_per_epoch=1", "trainer.max_epochs=1"]  # fmt: skip
+    cfg = compose_train(overrides, tmp_path / "run", demo_cache, demo=False)
+    with caplog.at_level(logging.INFO):
+        metrics = train(cfg, *prepare(cfg))
+    assert metrics["global_step"] == 1 and "val/DIV2K_val/psnr" in metrics
+    assert "x8" in caplog.text and "made from the HR with MATLAB bicubic" in caplog.text
+    assert "validation set Set5 left out" in caplog.text

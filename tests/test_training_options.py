@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import signal
 import subprocess
 from pathlib import Path
@@ -15,7 +16,9 @@ import pytorch_lightning as pl
 import torch
 
 from conftest import CPU_DDP, TINY_TRAIN, compose_train, run_module
-from drn_lightning.config import ConfigError, check_output_dirs, validate_train_config
+from drn_lightning.options import OptionError
+from drn_lightning.train import prepare
+from drn_lightning.training.config import check_output_dirs
 from test_reliability import REPO, _env, _train_cmd, load
 from test_training import read_wandb_records
 
@@ -87,7 +90,7 @@ def test_output_folders_given_as_urls_are_checked_without_local_folders(tmp_path
     cfg = compose_train(
         [*TINY_TRAIN, "callbacks.model_checkpoint.dirpath=nosuchfs://bucket/ckpts"], tmp_path, demo_cache
     )
-    with pytest.raises(ConfigError, match=r"^callbacks.model_checkpoint.dirpath='nosuchfs://bucket/ckpts': .*nosuchfs"):
+    with pytest.raises(OptionError, match=r"^callbacks.model_checkpoint.dirpath='nosuchfs://bucket/ckpts': .*nosuchfs"):
         check_output_dirs(cfg)
     check_output_dirs(
         compose_train([*TINY_TRAIN, "callbacks.model_checkpoint.dirpath=memory://b/c"], tmp_path, demo_cache)
@@ -271,25 +274,33 @@ def test_the_div2k_hold_out_is_images_0801_to_0810(tmp_path: Path, demo_cache: P
     (valid / "readme.txt").write_text("not an image")
     cfg = compose_train([f"paths.data_dir={tmp_path}"], tmp_path / "run", demo_cache, demo=False)
     dataset = instantiate(cfg.data.val_sets.DIV2K_val)(scale=4)
+    dataset.setup()
     assert [p.name for p in dataset.files] == [f"{stem}.png" for stem in DIV2K_VAL]
     assert len(dataset) == 10 and dataset[0]["name"] == "0801.png" and dataset[0]["set"] == "DIV2K_val"
     assert tuple(dataset[9]["hr"].shape) == (3, 16, 24) and float(dataset[9]["hr"].mean()) == 110.0  # 0810's value
 
     (valid / "0805.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"^images: \['0805'\] not in .*DIV2K_valid_HR"):
-        instantiate(cfg.data.val_sets.DIV2K_val)(scale=4)
+    with pytest.raises(OptionError, match=r"^images=\[.*\]: \['0805'\] not in .*DIV2K_valid_HR"):
+        instantiate(cfg.data.val_sets.DIV2K_val)(scale=4).setup()
 
 
-def test_without_div2k_the_paper_config_names_the_hold_out_folder_in_one_line(tmp_path: Path, demo_cache: Path) -> None:
-    cfg = compose_train([f"paths.data_dir={tmp_path}"], tmp_path / "run", demo_cache, demo=False)
-    with pytest.raises(ConfigError) as info:  # no DF2K either: the training data is named first
-        validate_train_config(cfg)
-    assert str(info.value).startswith("data.train.hr_dir=") and "DIV2K_val" not in str(info.value)
-    for folder in ("DF2K_train_HR", "DF2K_train_LR_bicubic"):
-        (tmp_path / "DF2K" / folder).mkdir(parents=True)
-    with pytest.raises(ConfigError) as info:
-        validate_train_config(cfg)
+def test_without_div2k_or_set5_the_paper_config_needs_only_its_training_data(
+    tmp_path: Path, demo_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No DF2K: one error naming the option and how to get the data; no DIV2K/Set5: those sets are left out, warned."""
+    overrides = [f"paths.data_dir={tmp_path}", f"paths.benchmarks_dir={tmp_path}/none", "data.patch_size=16"]
+    cfg = compose_train(overrides, tmp_path / "run", demo_cache, demo=False)
+    with pytest.raises(OptionError) as info:
+        prepare(cfg)
     message = str(info.value)
-    assert message.startswith(f"data.val_sets.DIV2K_val.root='{tmp_path}/DIV2K': path does not exist; ")
-    assert "DIV2K/DIV2K_valid_HR/0801.png" in message and "~data.val_sets.DIV2K_val" in message
-    assert "\n" not in message
+    assert message.startswith(f"data.train.hr_dir='{tmp_path}/DF2K/DF2K_train_HR': does not exist")
+    assert "drn-sr data fetch div2k" in message and "\n" not in message
+    _png(tmp_path / "DF2K" / "DF2K_train_HR" / "0001.png", 50)
+    (tmp_path / "DF2K" / "DF2K_train_LR_bicubic").mkdir(parents=True)
+    datamodule, _, _ = prepare(cfg)
+    assert datamodule.val_set_names == ["DIV2K_val", "Set5"]  # known from the config; folders are read in setup
+    with caplog.at_level(logging.WARNING):
+        datamodule.prepare_data()  # the LR levels DF2K lacks here are made from the HR
+        datamodule.setup("fit")
+    assert datamodule.val_set_names == []
+    assert "validation set DIV2K_val left out" in caplog.text and "validation set Set5 left out" in caplog.text

@@ -1,11 +1,8 @@
 """DRN (Dual Regression Networks, CVPR 2020) super-resolution on PyTorch Lightning + Hydra."""
 
-from __future__ import annotations
-
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "upscale"]
 
 
 def upscale(*args: Any, **kwargs: Any) -> Any:

@@ -6,44 +6,26 @@ import argparse
 import os
 import sys
 import tempfile
+import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from rich.console import Console
-from rich.progress import Progress
 
 from drn_lightning import __version__
-from drn_lightning.checks import integer
-from drn_lightning.data.io import MAX_IMAGE_PIXELS, ImageReadError, list_images, read_image
+from drn_lightning.data.io import MAX_IMAGE_PIXELS, UPSCALE_EXTENSIONS, ImageReadError, list_images, open_image
+from drn_lightning.data.prepare import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_data_commands, at_least, progress
+from drn_lightning.data.prepare import DataCommandError as CliError
 from drn_lightning.export import export_model
-from drn_lightning.files import atomic_write
+from drn_lightning.files import OutputExistsError, atomic_write, claim_output
 from drn_lightning.inference import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_PASSES, PRECISIONS, load_upscaler
-from drn_lightning.models.drn import SUPPORTED_SCALES
-from drn_lightning.models.official import describe, load_weights, official_to_checkpoint, save_official
+from drn_lightning.models import SUPPORTED_SCALES, describe, load_weights, official_to_checkpoint, save_official
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1  # something could not be done (a file, the weights, the output folder)
-EXIT_USAGE = 2  # the command line itself is wrong (argparse uses 2 as well)
 OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}
+_SAVE_OPTIONS: dict[str, dict[str, Any]] = {"jpg": {"quality": 95}, "webp": {"lossless": True}}
 _MAX_PIXELS_HINT = "; raise the limit with --max-pixels N if the file is trusted"
-
-
-class CliError(Exception):
-    """An expected failure: printed as one `error:` line, exit code attached."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _console(stderr: bool = False) -> Any:
-    """Rich console: status text goes to stdout, the progress bar to stderr (so stderr holds only errors when redirected)."""
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 def _one_line(err: BaseException) -> str:
@@ -54,32 +36,20 @@ def _one_line(err: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
-    """An argparse `type` for integers >= `minimum`, whose error says what was expected."""
-
-    def parse(text: str) -> int:
-        try:
-            return integer(int(text), "value", minimum)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-
-    return parse
-
-
-_positive_int = _int_at_least(1, "a positive integer")
-_non_negative_int = _int_at_least(0, "an integer >= 0")
-
-
 def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Expand folders to their image files (sorted, non-recursive); a missing path fails the whole run early."""
+    """Expand folders to their image files (sorted, non-recursive), naming what is left out; missing paths fail early."""
     files: list[Path] = []
     for path in map(Path, inputs):
         if not path.exists():
             raise CliError(f"{path}: input does not exist")
         try:
-            files.extend(list_images(path) if path.is_dir() else [path])
+            found = list_images(path, UPSCALE_EXTENSIONS) if path.is_dir() else [path]
         except ValueError as err:  # a folder without images
             raise CliError(str(err)) from None
+        for left in sorted(set(path.iterdir()) - set(found)) if path.is_dir() else []:
+            why = "folder, not searched" if left.is_dir() else "hidden" if left.name[0] == "." else "not an image"
+            print(f"skipped {left}: {why}")
+        files.extend(found)
     return files
 
 
@@ -111,12 +81,22 @@ def _output_names(files: Sequence[Path], scale: int, suffix: str) -> list[str]:
     return names
 
 
-def _save_image(array: Any, path: Path, fmt: str) -> None:
-    """Write atomically, so an interrupted run leaves no half image."""
-    options: dict[str, dict[str, Any]] = {"jpg": {"quality": 95}, "webp": {"lossless": True}}
-    image = Image.fromarray(array)
-    pil_format = {"jpg": "JPEG"}.get(fmt, fmt.upper())
-    atomic_write(path, lambda handle: image.save(handle, format=pil_format, **options.get(fmt, {})))
+def _upscale_one(upscaler: Any, path: Path, output: Path, args: argparse.Namespace) -> list[str]:
+    """Read (upright, first frame, mode kept), upscale, write with the input's EXIF and ICC profile; the warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = open_image(path, max_pixels=args.max_pixels)
+    notes = [str(w.message) if str(path) in str(w.message) else f"{path}: {w.message}" for w in caught]
+    sr = upscaler(image)
+    if args.format == "jpg" and sr.mode in ("LA", "RGBA"):
+        sr = sr.convert(sr.mode[:-1])
+        notes.append(f"{path}: alpha dropped, JPEG has none (--format png or webp keeps it)")
+    exif = image.getexif()  # upright now: open_image dropped the orientation tag
+    meta = {"exif": exif.tobytes() if exif else None, "icc_profile": image.info.get("icc_profile")}
+    options = {**_SAVE_OPTIONS.get(args.format, {}), **{key: value for key, value in meta.items() if value}}
+    fmt = {"jpg": "JPEG"}.get(args.format, args.format.upper())
+    atomic_write(output, lambda handle: sr.save(handle, format=fmt, **options))  # no half image if interrupted
+    return notes
 
 
 def _memory_hint(err: BaseException, tile: int | None) -> str:
@@ -141,18 +121,15 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 def _plan_outputs(files: Sequence[Path], args: argparse.Namespace, scale: int) -> list[tuple[Path, Path]]:
     """(input, output) pairs to run: an output that is an input is refused, existing ones skipped unless --overwrite."""
     outputs = [Path(args.output) / name for name in _output_names(files, scale, OUTPUT_FORMATS[args.format])]
-    inputs = {_file_id(path): path for path in files}
-    for output in outputs:
-        source = inputs.get(_file_id(output)) if output.exists() else None
-        if source is not None:  # it would be overwritten and then upscaled again (`cat.png`, `cat_x4.png`)
-            which = "this input" if source == output else f"the input {source}"
-            raise CliError(
-                f"{output}: output would overwrite {which}; choose an output folder (-o) without inputs", EXIT_USAGE
-            )
+    ids = {_file_id(path) for path in files}
+    for output in outputs:  # an input would be overwritten, then upscaled again (`cat.png`, `cat_x4.png`)
+        if _file_id(output) in ids:
+            inputs = [("INPUT" if path == output else f"INPUT {path}", path) for path in files]
+            claim_output(output, inputs=inputs, overwrite=True, instead="an output folder (-o) without inputs")
     todo = []
     for path, output in zip(files, outputs):
         if output.exists() and not args.overwrite:
-            _console().print(f"skipped {path}: {output} exists (--overwrite replaces it)")
+            print(f"skipped {path}: {output} exists (--overwrite replaces it)")
         else:
             todo.append((path, output))
     return todo
@@ -161,21 +138,17 @@ def _plan_outputs(files: Sequence[Path], args: argparse.Namespace, scale: int) -
 def _upscale_all(upscaler: Any, todo: Sequence[tuple[Path, Path]], args: argparse.Namespace) -> list[str]:
     """Upscale each file into its output, behind a progress bar; a file that fails is listed, the rest go on."""
     failures: list[tuple[Path, str]] = []
-    bar_console = _console(stderr=True)
-    with Progress(console=bar_console, transient=True, disable=not bar_console.is_terminal) as progress:
-        task = progress.add_task("upscaling", total=len(todo))
+    with progress("upscaling", len(todo), "images") as advance:  # a bar on a terminal, else a line every 10 s
         for path, output in todo:
-            progress.update(task, description=f"upscaling {path.name}")
             try:
-                _save_image(upscaler(read_image(path, max_pixels=args.max_pixels)), output, args.format)
+                for note in _upscale_one(upscaler, path, output, args):
+                    print(f"warning: {note}", file=sys.stderr)
             except (ImageReadError, OSError) as err:
-                message = _one_line(err)
-                if "decompression bomb" in message:  # point at the CLI option rather than the Python API
-                    message = message.split("; raise it with")[0] + _MAX_PIXELS_HINT
-                failures.append((path, message))
+                bomb = isinstance(err.__cause__, Image.DecompressionBombError | Image.DecompressionBombWarning)
+                failures.append((path, _one_line(err) + (_MAX_PIXELS_HINT if bomb else "")))
             except (RuntimeError, MemoryError) as err:  # out of memory and similar, per image
                 failures.append((path, f"{type(err).__name__}: {_one_line(err)}{_memory_hint(err, args.tile)}"))
-            progress.advance(task)
+            advance(1)
     return [m if str(p) in m else f"{p}: {m}" for p, m in failures]
 
 
@@ -184,11 +157,12 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     _prepare_output_dir(out_dir)
     if args.dual_weights is not None:  # not needed to upscale, but a mismatched pair is worth an early error
-        load_weights(args.weights, args.dual_weights, scale=args.scale)
+        load_weights(args.weights, args.dual_weights, scale=args.scale, allow_unverified=args.allow_unverified)
     settings = ("device", "precision", "scale", "tile", "tile_overlap", "tile_passes", "self_ensemble")
-    upscaler = load_upscaler(args.weights, **{key: getattr(args, key) for key in settings})
-    console = _console()
-    console.print(
+    upscaler = load_upscaler(
+        args.weights, allow_unverified=args.allow_unverified, **{key: getattr(args, key) for key in settings}
+    )
+    print(
         f"{upscaler.info['variant']} x{upscaler.scale} from {args.weights} on {upscaler.device} ({upscaler.precision})"
         + (f", tile {args.tile}+{args.tile_overlap}" if args.tile else "")
         + (", self-ensemble" if args.self_ensemble else "")
@@ -198,7 +172,7 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     done = len(todo) - len(failures)
     if not failures:
         kept = f", skipped {len(files) - len(todo)} existing" if len(todo) < len(files) else ""
-        console.print(f"wrote {done} image{'s' if done != 1 else ''} to {out_dir}{kept}")
+        print(f"wrote {done} image{'s' if done != 1 else ''} to {out_dir}{kept}")
         return EXIT_OK
     if len(todo) == 1:
         raise CliError(failures[0])
@@ -208,7 +182,8 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    primal, _, info = load_weights(args.weights, scale=args.scale)
+    claim_output(args.output, inputs=[("--weights", args.weights)], overwrite=args.overwrite)
+    primal, _, info = load_weights(args.weights, scale=args.scale, allow_unverified=args.allow_unverified)
     report = export_model(primal, args.output, args.format, opset=args.opset)
     what = f"{args.format}" + (f" opset {args.opset}" if args.format == "onnx" else "")
     print(
@@ -223,19 +198,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    primal, duals, info = load_weights(args.input, args.dual)
+    out, inputs = Path(args.output), [("IN", args.input), ("--dual", args.dual)]
+    if out.suffix == ".ckpt" and args.dual_out is not None:
+        raise CliError("--dual-out only applies when writing the authors' format (OUT not ending in .ckpt)", EXIT_USAGE)
+    claim_output(out, inputs=inputs, overwrite=args.overwrite)
+    primal, duals, info = load_weights(args.input, args.dual, allow_unverified=args.allow_unverified)
     print(
         f"found {describe(info)} in {args.input}" + (f" with {len(duals)} dual models" if duals else ", no dual models")
     )
-    out = Path(args.output)
-    if out.suffix == ".ckpt" and args.dual_out is not None:
-        raise CliError("--dual-out only applies when writing the authors' format (OUT not ending in .ckpt)", EXIT_USAGE)
+    dual_out = Path(args.dual_out or out.with_name(f"{out.stem}_dual_model{out.suffix or '.pt'}"))
+    if duals is not None and out.suffix != ".ckpt":  # both files claimed before either is written
+        claim_output(dual_out, inputs=[*inputs, ("-o", out)], overwrite=args.overwrite, option="--dual-out")
     try:
         if out.suffix == ".ckpt":
             official_to_checkpoint(primal, duals, info, out)
             print(f"wrote {out} (Lightning checkpoint)")
             return EXIT_OK
-        dual_out = Path(args.dual_out or out.with_name(f"{out.stem}_dual_model{out.suffix or '.pt'}"))
         save_official(primal, duals, out, dual_out if duals is not None else None)
     except OSError as err:
         raise CliError(f"{getattr(err, 'filename', None) or out}: cannot write ({err.strerror or err})") from None
@@ -244,7 +222,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    primal, duals, info = load_weights(args.file, args.dual)
+    primal, duals, info = load_weights(args.file, args.dual, allow_unverified=args.allow_unverified)
     print(f"file:       {args.file}")
     for key in ("variant", "scale", "n_feats", "n_blocks"):
         print(f"{key + ':':<12}{'x' if key == 'scale' else ''}{info[key]}")
@@ -254,28 +232,43 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_upscale(sub: Any, model_options: argparse.ArgumentParser) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The `drn-sr` argument parser (exposed so docs and tests can inspect the options)."""
+    parser = argparse.ArgumentParser(
+        prog="drn-sr", description="Super-resolve images with DRN (Dual Regression Networks, CVPR 2020)."
+    )
+    parser.add_argument("--version", action="version", version=f"drn-sr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{upscale,export,convert,info,data}")
+    unverified = argparse.ArgumentParser(add_help=False)
+    unverified.add_argument(
+        "--allow-unverified", action="store_true", help="load our own file even though its SHA-256 digest was removed"
+    )
+    model = argparse.ArgumentParser(add_help=False, parents=[unverified])  # options of the model commands, once
+    add = model.add_argument
+    add("--weights", required=True, metavar="FILE", help="authors' .pt primal or our .ckpt")
+    add("--scale", type=int, choices=SUPPORTED_SCALES, help="fail unless the weights upscale by this factor")
     up = sub.add_parser(
         "upscale",
-        parents=[model_options],
+        parents=[model],
         help="upscale image files and folders",
         description="Upscale images; writes {stem}_x{scale}.{format}.",
     )
-    add = up.add_argument
+    up.set_defaults(handler=_cmd_upscale)
+    add, positive = up.add_argument, at_least(1)
     add("inputs", nargs="+", metavar="INPUT", help="image files (PNG, JPEG, WebP, ...) or folders of them")
     add("-o", "--output", required=True, metavar="OUT", help="output folder (created if missing)")
     add("--dual-weights", metavar="FILE", help="authors' dual .pt; only checked against --weights")
-    add("--tile", type=_positive_int, metavar="N", help="process N x N LR tiles to bound memory (default: whole image)")
+    add("--tile", type=positive, metavar="N", help="process N x N LR tiles to bound memory (default: whole image)")
     add(
         "--tile-overlap",
-        type=_non_negative_int,
+        type=at_least(0),
         default=DEFAULT_TILE_OVERLAP,
         metavar="M",
         help="LR pixels of context around each tile (default: %(default)s)",
     )
     add(
         "--tile-passes",
-        type=_positive_int,
+        type=positive,
         default=DEFAULT_TILE_PASSES,
         metavar="K",
         help="passes sharing channel-attention statistics across tiles; 1 is fastest, 2 (default) matches "
@@ -293,49 +286,33 @@ def _add_upscale(sub: Any, model_options: argparse.ArgumentParser) -> None:
     )
     add(
         "--max-pixels",
-        type=_positive_int,
+        type=positive,
         default=MAX_IMAGE_PIXELS,
         metavar="N",
         help="refuse input images with more pixels, e.g. decompression bombs (default: %(default)s)",
     )
-    up.set_defaults(handler=_cmd_upscale)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The `drn-sr` argument parser (exposed so docs and tests can inspect the options)."""
-    parser = argparse.ArgumentParser(
-        prog="drn-sr", description="Super-resolve images with DRN (Dual Regression Networks, CVPR 2020)."
-    )
-    parser.add_argument("--version", action="version", version=f"drn-sr {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{upscale,export,convert,info}")
-    # Options shared by the commands that run a model (argparse parents keep one definition of each).
-    model_options = argparse.ArgumentParser(add_help=False)
-    model_options.add_argument("--weights", required=True, metavar="FILE", help="authors' .pt primal or our .ckpt")
-    model_options.add_argument(
-        "--scale", type=int, choices=SUPPORTED_SCALES, help="fail unless the weights upscale by this factor"
-    )
-    _add_upscale(sub, model_options)
-    ex = sub.add_parser("export", parents=[model_options], help="export the primal network to ONNX or TorchScript")
-    ex.add_argument("--format", required=True, choices=("onnx", "torchscript"))
-    ex.add_argument("-o", "--output", required=True, metavar="OUT", help="output file")
-    ex.add_argument(
-        "--opset", type=int, default=17, help="ONNX opset; >= 18 uses the torch.export-based exporter (default: 17)"
-    )
+    ex = sub.add_parser("export", parents=[model], help="export the primal network to ONNX or TorchScript")
     ex.set_defaults(handler=_cmd_export)
-    cv = sub.add_parser("convert", help="authors' .pt pair <-> our .ckpt")
-    cv.add_argument("input", metavar="IN", help="authors' primal .pt, or our .ckpt")
-    cv.add_argument("--dual", metavar="IN_DUAL", help="authors' dual .pt (when IN is the authors' primal)")
-    cv.add_argument(
+    add = ex.add_argument
+    add("--format", required=True, choices=("onnx", "torchscript"))
+    add("-o", "--output", required=True, metavar="OUT", help="output file")
+    add("--opset", type=int, default=17, help="ONNX opset; >= 18 uses the torch.export-based exporter (default: 17)")
+    add("--overwrite", action="store_true", help="replace OUT if it exists (never --weights)")
+    cv = sub.add_parser("convert", parents=[unverified], help="authors' .pt pair <-> our .ckpt")
+    cv.set_defaults(handler=_cmd_convert)
+    add = cv.add_argument
+    add("input", metavar="IN", help="authors' primal .pt, or our .ckpt")
+    add("--dual", metavar="IN_DUAL", help="authors' dual .pt (when IN is the authors' primal)")
+    add(
         "-o", "--output", required=True, metavar="OUT", help="OUT.ckpt: our checkpoint; any other name: authors' primal"
     )
-    cv.add_argument(
-        "--dual-out", metavar="FILE", help="authors' dual file (default: <OUT stem>_dual_model.pt next to OUT)"
-    )
-    cv.set_defaults(handler=_cmd_convert)
-    inf = sub.add_parser("info", help="print variant, scale and size of a weights file")
+    add("--dual-out", metavar="FILE", help="authors' dual file (default: <OUT stem>_dual_model.pt next to OUT)")
+    add("--overwrite", action="store_true", help="replace OUT and --dual-out if they exist (never IN)")
+    inf = sub.add_parser("info", parents=[unverified], help="print variant, scale and size of a weights file")
+    inf.set_defaults(handler=_cmd_info)
     inf.add_argument("file", metavar="FILE", help="authors' .pt primal or our .ckpt")
     inf.add_argument("--dual", metavar="FILE", help="authors' dual .pt to check and count as well")
-    inf.set_defaults(handler=_cmd_info)
+    add_data_commands(sub)
     return parser
 
 
@@ -344,17 +321,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except CliError as err:
+    except (CliError, OutputExistsError) as err:
         sys.stderr.write(f"error: {err}\n")
-        return err.code
+        return getattr(err, "code", EXIT_USAGE)
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return 130
     except Exception as err:
         if os.environ.get("DRN_SR_DEBUG"):
             raise
-        if isinstance(err, (ValueError, OSError, RuntimeError, ImportError, MemoryError)):
-            # Our loaders and options raise with the file or option named; that line says it all.
+        if isinstance(err, (ValueError, OSError, RuntimeError, ImportError, MemoryError)):  # these name the file
             sys.stderr.write(f"error: {_one_line(err)}\n")
         else:
             sys.stderr.write(f"error: {type(err).__name__}: {_one_line(err)} (set DRN_SR_DEBUG=1 for a traceback)\n")

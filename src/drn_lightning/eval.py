@@ -1,33 +1,30 @@
-"""Benchmark evaluation as the SR literature does it: whole images, PSNR/SSIM on Y with `scale` pixels shaved.
-
-    python -m drn_lightning.eval model=drn_s scale=4 weights=DRNS4x.pt data.root=DIR 'data.sets=[Set5]' results_json=OUT
-writes {set: {"psnr", "ssim", "images", "degradation"}} to OUT (model=bicubic: the baseline, no weights)."""
+"""Benchmark evaluation as the SR literature does it: whole images, PSNR/SSIM on Y with `scale` pixels shaved."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
 from omegaconf import DictConfig
-from rich.console import Console
-from rich.table import Table
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from drn_lightning.config import unwritable_reason
 from drn_lightning.data.datasets import BenchmarkDataset
-from drn_lightning.files import write_json
+from drn_lightning.files import claim_output, write_json
 from drn_lightning.inference import Upscaler as ModelUpscaler
 from drn_lightning.inference import resolve_device
 from drn_lightning.metrics import PSNRY, SSIMY
-from drn_lightning.models import check_scale, load_weights
-from drn_lightning.models.official import check_finite
+from drn_lightning.models import load_weights
+from drn_lightning.models.weights import check_finite
 from drn_lightning.ops.imresize import imresize
+from drn_lightning.options import OptionError
+from drn_lightning.report import print_table
+from drn_lightning.training.config import as_typed, entry_point, unwritable_reason
 
 Upscaler = Callable[[Tensor], Tensor]
 
@@ -74,16 +71,6 @@ def evaluate(
     return results
 
 
-def _print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    """One row per set, as papers print them."""
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column, justify="left" if column == "set" else "right")
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
-
-
 def final_evaluation(cfg: DictConfig, primal: nn.Module, val_datasets: Mapping[str, Dataset], out: Path) -> dict:
     """Score the trained primal next to bicubic on the validation and extra sets (CPU, this process); write `out`."""
     scale, round_y, root = int(cfg.scale), bool(cfg.round_y), Path(str(cfg.eval_sets_root))
@@ -110,24 +97,24 @@ def final_evaluation(cfg: DictConfig, primal: nn.Module, val_datasets: Mapping[s
         psnr, base_psnr = row["model"]["psnr"], row["bicubic"]["psnr"]
         ssims = f"{row['bicubic']['ssim']:.4f}", f"{row['model']['ssim']:.4f}"
         rows.append((name, str(row["images"]), f"{base_psnr:.2f}", f"{psnr:.2f}", f"{psnr - base_psnr:+.2f}", *ssims))
-    _print_table(f"{cfg.model.name} x{scale} vs bicubic (PSNR/SSIM on Y, {scale}px shaved)", columns, rows)
+    print_table(f"{cfg.model.name} x{scale} vs bicubic (PSNR/SSIM on Y, {scale}px shaved)", columns, rows)
     return report
 
 
 def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     """Evaluate the configured model (or bicubic) on the configured benchmark sets."""
-    scale, out, root = check_scale(int(cfg.scale)), str(cfg.results_json), Path(str(cfg.data.root))
+    scale, out, root = int(cfg.scale), str(cfg.results_json), Path(str(cfg.data.root))
     reason = f"{out} is a folder" if os.path.isdir(out) else unwritable_reason(os.path.dirname(out) or ".")
     if reason is not None:  # known now, not after the whole evaluation
         raise ValueError(f"results_json={out!r}: cannot write there: {reason}")
+    images = [p for name in cfg.data.sets for p in (root / str(name)).rglob("*") if p.is_file()]
+    sources = [(k, cfg.get(k)) for k in ("weights", "dual_weights")] + [("data.sets", p) for p in images]
+    claim_output(out, inputs=sources, overwrite=bool(cfg.get("overwrite")), option="results_json=")
     device = resolve_device(str(cfg.device))
     degradation = str(cfg.data.get("degradation") or "bicubic")
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={str(root)!r}: benchmark folder not found")
-    try:
-        datasets = {name: BenchmarkDataset(root, name, scale, degradation=degradation) for name in cfg.data.sets}
-    except ValueError as err:
-        raise ValueError(f"data.{err}" if str(err).startswith("degradation=") else str(err)) from None
+    datasets = {name: BenchmarkDataset(root, name, scale, degradation=degradation) for name in cfg.data.sets}
     if cfg.model.get("net") is None:
         if cfg.get("weights"):
             raise ValueError(f"weights={cfg.weights!r} given with model=bicubic; choose model=drn_s|drn_l|drn_tiny")
@@ -137,7 +124,10 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     else:
         net = cfg.model.net  # a named variant is checked against the file, unless sized by hand
         variant = net.get("variant") if net.get("n_feats") is None and net.get("n_blocks") is None else None
-        primal, _, _ = load_weights(cfg.weights, cfg.get("dual_weights"), variant=variant, scale=scale)
+        unverified = bool(cfg.get("allow_unverified"))
+        primal, _, _ = load_weights(
+            cfg.weights, cfg.get("dual_weights"), variant=variant, scale=scale, allow_unverified=unverified
+        )
         check_finite(primal, cfg.weights)  # NaN/Inf weights would score as black images instead of failing
         upscaler = model_upscaler(primal.eval().to(device), bool(cfg.self_ensemble), cfg.get("tile"))
         title = f"{cfg.model.name} x{scale} ({cfg.weights})"
@@ -146,19 +136,29 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     rows = [
         (name, f"x{scale}", f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", str(r["images"])) for name, r in results.items()
     ]
-    _print_table(title, ("set", "scale", "PSNR (dB)", "SSIM", "images"), rows)
+    print_table(title, ("set", "scale", "PSNR (dB)", "SSIM", "images"), rows)
     print(f"results: {write_json(results, out)}")
     return results
 
 
+def failure_line(cfg: DictConfig, err: Exception) -> str:
+    """The one `error:` line of a user error: an OptionError under the option as typed, else the file named."""
+    return f"error: {as_typed(cfg, err) if isinstance(err, OptionError) else err}"
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point; user errors print one line and exit non-zero instead of a traceback."""
+def task(cfg: DictConfig) -> None:
+    """Hydra task; a user error prints one line naming the option or file, exit 2, instead of a traceback."""
     try:
         run(cfg)
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(failure_line(cfg, err), file=sys.stderr)
         sys.exit(2)
+
+
+def main() -> None:
+    """`drn-eval` and `python -m drn_lightning.eval`: a mistyped key is one line with the closest valid keys."""
+    entry_point(task, "eval")
 
 
 if __name__ == "__main__":

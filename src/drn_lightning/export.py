@@ -16,14 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EXPORT_FORMATS", "ExportError", "ExportReport", "FinalOutput", "export_model", "verify_export"]
-
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript")
-# Max |exported - eager| allowed, on a 0-1 intensity scale (1e-4 = 0.0255 gray levels of 255).
-DEFAULT_TOLERANCE = 1e-4
-# Tracing example and two verification sizes (N, H, W): odd, non-square, and a different batch.
-_EXAMPLE = (1, 24, 20)
-_VERIFY_SIZES = ((1, 17, 33), (2, 30, 23))
+DEFAULT_TOLERANCE = 1e-4  # max |exported - eager| on a 0-1 intensity scale: 0.0255 gray levels of 255
+_EXAMPLE = (1, 24, 20)  # (N, H, W) of the trace
+_VERIFY_SIZES = ((1, 17, 33), (2, 30, 23))  # checked: odd, non-square, another batch
 
 
 class ExportError(RuntimeError):

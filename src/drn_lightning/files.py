@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,6 +39,38 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
         finally:
             os.close(folder)
     return path
+
+
+class OutputExistsError(ValueError):
+    """An output that would replace an existing file or an input of the same command: refused before any work."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file however spelled: equal (device, inode), or equal resolved paths when one does not exist yet."""
+    try:
+        return (a.stat().st_dev, a.stat().st_ino) == (b.stat().st_dev, b.stat().st_ino)
+    except OSError:
+        return os.path.normcase(a.resolve()) == os.path.normcase(b.resolve())
+
+
+def claim_output(
+    path: str | os.PathLike[str],
+    *,
+    inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = (),
+    overwrite: bool = False,
+    option: str = "-o",
+    instead: str = "another file",
+) -> Path:
+    """`path` if it may be written: never over an input (`(option, path)` pairs), nor an existing file unless told."""
+    out = Path(path)
+    shown = f"{option}{'' if option.endswith('=') or not option else ' '}{out}"
+    for name, source in inputs:
+        if source is not None and _same_file(out, Path(source)):
+            raise OutputExistsError(f"{shown}: is an input of this command ({name}); choose {instead}")
+    if out.exists() and not overwrite:
+        hint = "overwrite=true" if option.endswith("=") else "--overwrite"
+        raise OutputExistsError(f"{shown}: exists; pass {hint} to replace it")
+    return out
 
 
 def is_remote(path: str | os.PathLike[str]) -> bool:

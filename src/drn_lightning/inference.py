@@ -4,37 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from drn_lightning.checks import integer
 from drn_lightning.data.io import sixteen_to_eight
 from drn_lightning.models.drn import ChannelAttention
-from drn_lightning.models.official import check_finite, load_weights
+from drn_lightning.models.weights import check_finite, load_weights
+from drn_lightning.ops.color import quantize
 from drn_lightning.ops.imresize import imresize
 from drn_lightning.ops.tiling import DEFAULT_TILE_OVERLAP, TensorFn, TileBox, self_ensemble_forward, tiled_forward
-
-__all__ = [
-    "DEFAULT_TILE_OVERLAP",
-    "DEFAULT_TILE_PASSES",
-    "PRECISIONS",
-    "SharedChannelStats",
-    "Upscaler",
-    "load_upscaler",
-    "resolve_device",
-    "upscale",
-]
+from drn_lightning.options import integer
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# Pass 1 gathers image-wide channel-attention means from the tiles, pass 2 gates with them: tiled DRN-S then stays
-# within 0.05 gray levels of whole-image output (measured, docs/inference.md).
-DEFAULT_TILE_PASSES = 2
+DEFAULT_TILE_PASSES = 2  # pass 2 gates with pass 1's image-wide means: 0.05 gray levels off whole-image (measured)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -196,26 +185,23 @@ class Upscaler:
         )
 
 
-def _to_uint8(x: Tensor) -> Tensor:
-    return torch.floor(x.clamp(0.0, 255.0) + 0.5).to(torch.uint8)
-
-
 def _upscale_channels(up: Upscaler, batch: Tensor, out: Tensor | None = None) -> Tensor:
     """Float (N, C, H, W) -> float SR, or uint8 tile by tile into `out`; the net sees RGB (grey x3, alpha: bicubic)."""
     channels = int(batch.shape[1])
-    if channels not in (1, 3, 4):
-        raise ValueError(f"image has {channels} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
-    rgb = batch.expand(-1, 3, -1, -1) if channels == 1 else batch[:, :3]
+    if channels not in (1, 2, 3, 4):
+        raise ValueError(f"image has {channels} channels; expected 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA)")
+    color = 1 if channels < 3 else 3
+    rgb = batch[:, :color].expand(-1, 3, -1, -1)
 
     def to_channels(sr: Tensor) -> Tensor:
-        return sr.mean(dim=1, keepdim=True) if channels == 1 else sr
+        return sr.mean(dim=1, keepdim=True) if color == 1 else sr
 
     if out is None:
         sr = to_channels(up.upscale_tensor(rgb))
-        return torch.cat((sr, imresize(batch[:, 3:], scale=up.scale)), dim=1) if channels == 4 else sr
-    up.upscale_tensor(rgb, out=out[:, :3], convert=lambda sr: _to_uint8(to_channels(sr)))
-    if channels == 4:
-        out[:, 3:] = _to_uint8(imresize(batch[:, 3:], scale=up.scale))
+        return torch.cat((sr, imresize(batch[:, color:], scale=up.scale)), dim=1) if channels > color else sr
+    up.upscale_tensor(rgb, out=out[:, :color], convert=lambda sr: quantize(to_channels(sr)).to(torch.uint8))
+    if channels > color:
+        out[:, color:] = quantize(imresize(batch[:, color:], scale=up.scale)).to(torch.uint8)
     return out
 
 
@@ -223,8 +209,8 @@ def _upscale_numpy(up: Upscaler, image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8:
         raise TypeError(f"NumPy images must be uint8 (0-255), got dtype {image.dtype}")
     hwc = image[..., None] if image.ndim == 2 else image
-    if hwc.ndim != 3 or hwc.shape[2] not in (1, 3, 4):
-        raise ValueError(f"NumPy images must be HxW, HxWx1, HxWx3 or HxWx4, got shape {image.shape}")
+    if hwc.ndim != 3 or hwc.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(f"NumPy images must be HxW or HxWxC with C in 1-4, got shape {image.shape}")
     hwc = np.require(hwc, requirements=("C", "W"))  # PIL-backed arrays are read-only; torch wants writable memory
     height, width, channels = hwc.shape
     out = np.empty((height * up.scale, width * up.scale, channels), dtype=np.uint8)
@@ -234,12 +220,16 @@ def _upscale_numpy(up: Upscaler, image: np.ndarray) -> np.ndarray:
 
 
 def _upscale_pil(up: Upscaler, image: Image.Image) -> Image.Image:
+    """Upright as its EXIF says; grey stays grey, alpha (or a transparent colour) is kept; animations warn."""
+    if (frames := getattr(image, "n_frames", 1)) > 1:
+        warnings.warn(f"animated image: only frame {image.tell() + 1} of {frames} is upscaled", stacklevel=3)
+    image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode.startswith("I"):  # 16/32-bit grey, which Pillow's "L" conversion would clip
         array, target = sixteen_to_eight(np.asarray(image).astype(np.int64).clip(0, 65535)), "L"
     else:
-        alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
-        target = "L" if mode in ("L", "1", "F") else "RGBA" if alpha else "RGB"
+        alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+        target = ("LA" if alpha else "L") if mode in ("L", "1", "F", "LA", "La") else "RGBA" if alpha else "RGB"
         array = np.asarray(image if mode == target else image.convert(target), dtype=np.uint8)
     return Image.fromarray(_upscale_numpy(up, array), mode=target)
 
@@ -267,10 +257,11 @@ def load_upscaler(
     precision: str = "fp32",
     *,
     scale: int | None = None,
+    allow_unverified: bool = False,
     **settings: Any,
 ) -> Upscaler:
     """An `Upscaler` for the authors' `.pt` or our `.ckpt`; x8 weights for a `scale=4` job fail, NaN weights too."""
-    primal, _, info = load_weights(weights, scale=scale)
+    primal, _, info = load_weights(weights, scale=scale, allow_unverified=allow_unverified)
     check_finite(primal, weights)
     info = {**info, "weights": str(weights)}
     return Upscaler(primal, scale=info["scale"], device=device, precision=precision, info=info, **settings)

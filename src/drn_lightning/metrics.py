@@ -1,12 +1,4 @@
-"""Y-channel PSNR / SSIM as SR papers report them (the RCAN-style ``Evaluate_PSNR_SSIM.m`` protocol).
-
-Protocol: SR is quantised to 8-bit levels, both images go to BT.601 Y, ``scale`` pixels are shaved
-off every border, then PSNR (peak 255) and SSIM (Wang et al. ``ssim.m``: 11x11 Gaussian window,
-sigma 1.5, K1 = 0.01, K2 = 0.03, 'valid' filtering, no downsampling) are computed per image in
-float64 and averaged over images. Inputs are float (or uint8) in 0-255, (N, C, H, W) or (C, H, W);
-1-channel (greyscale) input is used as Y directly, so ``round_y`` does not apply to it. PSNR of identical
-images is ``+inf`` (so is a mean containing one): the true value, unlike clamping the MSE to an epsilon.
-"""
+"""Y-channel PSNR / SSIM as SR papers report them: RCAN's ``Evaluate_PSNR_SSIM.m`` protocol, per image in float64."""
 
 from __future__ import annotations
 
@@ -18,12 +10,10 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from drn_lightning.ops.color import quantize, rgb_to_y
+from drn_lightning.options import integer
 
 _DATA_RANGE = 255.0
-_SSIM_WINDOW = 11
-_SSIM_SIGMA = 1.5
-_SSIM_K1 = 0.01
-_SSIM_K2 = 0.03
+_SSIM_WINDOW, _SSIM_SIGMA, _SSIM_K1, _SSIM_K2 = 11, 1.5, 0.01, 0.03  # Wang et al.'s ssim.m, 'valid', no downsampling
 
 
 def _as_batch(x: Tensor, name: str) -> Tensor:
@@ -36,30 +26,24 @@ def _as_batch(x: Tensor, name: str) -> Tensor:
 
 
 def _prepare_y(sr: Tensor, hr: Tensor, scale: int, round_y: bool) -> tuple[Tensor, Tensor]:
-    """Shared preprocessing: check shapes, crop, quantise SR, convert to Y (float64), shave borders."""
+    """Check shapes, crop SR to HR, quantise SR, convert to Y in float64 (grey input is Y), shave borders."""
     sr, hr = _as_batch(sr, "sr"), _as_batch(hr, "hr")
     if sr.shape[:2] != hr.shape[:2]:
         raise ValueError(f"sr and hr must agree in batch and channels, got sr {tuple(sr.shape)}, hr {tuple(hr.shape)}")
     if sr.shape[-2] < hr.shape[-2] or sr.shape[-1] < hr.shape[-1]:
         raise ValueError(
-            f"sr {tuple(sr.shape)} is smaller than hr {tuple(hr.shape)}; sr may only be larger "
-            "(it is then cropped to hr's size)"
+            f"sr {tuple(sr.shape)} is smaller than hr {tuple(hr.shape)}; sr may only be larger (it is then cropped to hr's size)"
         )
-    if isinstance(scale, bool) or int(scale) != scale or scale < 0:
-        raise ValueError(f"scale (border shave) must be a non-negative integer, got {scale!r}")
-    scale = int(scale)
+    scale = integer(scale, "scale", 0)  # the border shave
     h, w = hr.shape[-2:]
     sr = sr[..., :h, :w]
     if 2 * scale >= min(h, w):
         raise ValueError(f"shaving {scale} px per border leaves nothing of a {h}x{w} image")
-
-    sr = quantize(sr.to(torch.float64))
-    hr = hr.to(torch.float64)
+    sr, hr = quantize(sr.to(torch.float64)), hr.to(torch.float64)
     if sr.shape[1] == 3:
         sr, hr = rgb_to_y(sr, round_y), rgb_to_y(hr, round_y)
     if scale > 0:
-        sr = sr[..., scale:-scale, scale:-scale]
-        hr = hr[..., scale:-scale, scale:-scale]
+        sr, hr = sr[..., scale:-scale, scale:-scale], hr[..., scale:-scale, scale:-scale]
     return sr, hr
 
 
@@ -72,11 +56,7 @@ def psnr_y(sr: Tensor, hr: Tensor, scale: int, round_y: bool = False) -> Tensor:
 
 @lru_cache(maxsize=32)
 def _valid_gaussian_matrix(length: int, device: torch.device) -> Tensor:
-    """Banded ``(length - 10, length)`` matrix applying fspecial('gaussian', 11, 1.5)'s 1-D factor.
-
-    The 2-D window is the outer product of this normalised 1-D Gaussian, so 'valid' 2-D filtering is
-    ``A_h @ img @ A_w.T``: exact, and far faster in float64 than an 11x11 conv2d on CPU.
-    """
+    """fspecial('gaussian', 11, 1.5)'s 1-D factor, banded: 'valid' filtering is ``A_h @ img @ A_w.T``, exact, fast."""
     coords = torch.arange(_SSIM_WINDOW, dtype=torch.float64) - (_SSIM_WINDOW - 1) / 2
     g = torch.exp(-(coords**2) / (2 * _SSIM_SIGMA**2))
     g = g / g.sum()
@@ -89,9 +69,7 @@ def _valid_gaussian_matrix(length: int, device: torch.device) -> Tensor:
 
 def _filter_valid(x: Tensor) -> Tensor:
     """Gaussian-weighted local mean over every fully-inside 11x11 window ('valid', like filter2)."""
-    a_h = _valid_gaussian_matrix(x.shape[-2], x.device)
-    a_w = _valid_gaussian_matrix(x.shape[-1], x.device)
-    return a_h @ x @ a_w.T
+    return _valid_gaussian_matrix(x.shape[-2], x.device) @ x @ _valid_gaussian_matrix(x.shape[-1], x.device).T
 
 
 def ssim_y(sr: Tensor, hr: Tensor, scale: int, round_y: bool = False) -> Tensor:
@@ -101,8 +79,7 @@ def ssim_y(sr: Tensor, hr: Tensor, scale: int, round_y: bool = False) -> Tensor:
         raise ValueError(
             f"SSIM needs at least {_SSIM_WINDOW}x{_SSIM_WINDOW} pixels after shaving, got {tuple(x.shape[-2:])}"
         )
-    c1 = (_SSIM_K1 * _DATA_RANGE) ** 2
-    c2 = (_SSIM_K2 * _DATA_RANGE) ** 2
+    c1, c2 = (_SSIM_K1 * _DATA_RANGE) ** 2, (_SSIM_K2 * _DATA_RANGE) ** 2
     mu_x, mu_y = _filter_valid(x), _filter_valid(y)
     sxx = _filter_valid(x * x) - mu_x**2
     syy = _filter_valid(y * y) - mu_y**2
@@ -117,16 +94,12 @@ class _MeanOverImagesY(Metric):
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
-
     sum: Tensor
     count: Tensor
 
     def __init__(self, scale: int, round_y: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if isinstance(scale, bool) or int(scale) != scale or scale < 0:
-            raise ValueError(f"scale must be a non-negative integer, got {scale!r}")
-        self.scale = int(scale)
-        self.round_y = bool(round_y)
+        self.scale, self.round_y = int(scale), bool(round_y)  # scale is checked where used (`_prepare_y`)
         self.add_state("sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 

@@ -1,6 +1,4 @@
-"""Collect a multirun (e.g. a rho sweep) into a table and a PSNR-vs-rho plot, averaged over seeds.
-
-Writes report.json/csv (one row per job), summary.json/csv (mean and sample std over seeds) and psnr_vs_<x>.png."""
+"""Collect a multirun (e.g. a rho sweep) into a table and a PSNR-vs-rho plot, averaged over seeds."""
 
 from __future__ import annotations
 
@@ -10,21 +8,29 @@ import io
 import json
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
-from drn_lightning.files import atomic_write, write_json
+from drn_lightning.files import atomic_write, claim_output, write_json
 
 DEFAULT_X = "data.unpaired_ratio"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], width: int | None = None) -> None:
+    """One row per set or sweep value, as papers print them; the `set` column left-aligned, numbers right."""
+    table = Table(*(Column(c, justify="left" if c == "set" else "right") for c in columns), title=title)
+    for row in rows:
+        table.add_row(*row)
+    Console(width=width).print(table)
 
 
 def collect_runs(
@@ -38,8 +44,7 @@ def collect_runs(
     for config_path in sorted(root.glob("*/.hydra/config.yaml")):
         job_dir = config_path.parent.parent
         cfg = OmegaConf.load(config_path)
-        metrics = _read_json(job_dir / "metrics.json")
-        evaluation = _read_json(job_dir / "eval.json")
+        metrics, evaluation = _read_json(job_dir / "metrics.json"), _read_json(job_dir / "eval.json")
         if not metrics and not evaluation:
             continue  # a job that did not finish
         row: dict[str, Any] = {"job": job_dir.name, x_key: OmegaConf.select(cfg, x_key)}
@@ -116,7 +121,6 @@ def plot_rows(rows: list[dict[str, Any]], x_key: str, path: Path, by: Sequence[s
 
 
 def _write_rows(rows: list[dict[str, Any]], stem: Path) -> dict[str, Path]:
-    """`<stem>.json` and `<stem>.csv` of the rows."""
     paths = {"json": write_json(rows, stem.with_suffix(".json"))}
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
@@ -126,24 +130,29 @@ def _write_rows(rows: list[dict[str, Any]], stem: Path) -> dict[str, Path]:
     return paths
 
 
-def write_report(multirun_dir: str | Path, x_key: str = DEFAULT_X, by: Sequence[str] = ()) -> dict[str, Path]:
-    """Collect, print (PSNR as mean ± std per set), and write the per-job report, the summary and the plot."""
-    root = Path(multirun_dir)
+def write_report(
+    multirun_dir: str | Path, x_key: str = DEFAULT_X, by: Sequence[str] = (), overwrite: bool = False
+) -> dict[str, Path]:
+    """Print PSNR as mean ± std per set; write report.json/csv (per job), summary.json/csv and psnr_vs_<x>.png."""
+    root, plot = Path(multirun_dir), f"psnr_vs_{x_key.rsplit('.', 1)[-1]}.png"
+    inputs = [("multirun_dir", path) for path in root.glob("*/*.json")]  # jobs' metrics.json, eval.json
+    for name in ("report.json", "report.csv", "summary.json", "summary.csv", plot):  # all refused before any is written
+        claim_output(root / name, inputs=inputs, overwrite=overwrite, option="")
     rows = collect_runs(root, x_key, ("seed", *by))
     summary = summarize(rows, x_key, by)
     names, keys = set_names(summary), (*by, x_key)
-    table = Table(title=f"{root}: {len(rows)} runs, PSNR-Y mean ± std over seeds")
-    for column in (*keys, "runs", *(f"{n} PSNR" for n in names)):
-        table.add_column(column.rsplit(".", 1)[-1], justify="right")
+    columns = [column.rsplit(".", 1)[-1] for column in (*keys, "runs", *(f"{n} PSNR" for n in names))]
+    cells = []
     for row in summary:
         scores = [row.get(f"{n}/psnr") for n in names]
-        cells = [f"{m:.2f} ± {row[f'{n}/psnr_std']:.2f}" if m is not None else "" for n, m in zip(names, scores)]
-        table.add_row(*(str(row.get(k)) for k in (*keys, "runs")), *cells)
-    Console(width=max(120, 24 * (len(keys) + len(names)))).print(table)
+        psnr = [f"{m:.2f} ± {row[f'{n}/psnr_std']:.2f}" if m is not None else "" for n, m in zip(names, scores)]
+        cells.append([*(str(row.get(k)) for k in (*keys, "runs")), *psnr])
+    title, width = f"{root}: {len(rows)} runs, PSNR-Y mean ± std over seeds", max(120, 24 * (len(keys) + len(names)))
+    print_table(title, columns, cells, width)
     paths = _write_rows(rows, root / "report")
     paths.update({f"summary_{k}": v for k, v in _write_rows(summary, root / "summary").items()})
     try:
-        paths["plot"] = plot_rows(summary, x_key, root / f"psnr_vs_{x_key.rsplit('.', 1)[-1]}.png", by)
+        paths["plot"] = plot_rows(summary, x_key, root / plot, by)
     except ImportError:
         print("plot skipped: matplotlib is not installed (pip install 'drn-lightning[plots]')")
     for kind, path in paths.items():
@@ -157,9 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("multirun_dir", help="a Hydra multirun directory (holds 0/, 1/, ... job folders)")
     parser.add_argument("--x", default=DEFAULT_X, help=f"the swept config key to plot against (default {DEFAULT_X})")
     parser.add_argument("--by", action="append", default=[], help="a swept config key drawn as separate curves")
+    parser.add_argument("--overwrite", action="store_true", help="replace the report files of an earlier report")
     args = parser.parse_args(argv)
     try:
-        write_report(args.multirun_dir, args.x, args.by)
+        write_report(args.multirun_dir, args.x, args.by, args.overwrite)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

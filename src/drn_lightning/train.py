@@ -1,12 +1,12 @@
 """Training entry point: Hydra composes the run, Lightning runs it (CPU, one GPU, DDP, multi-node).
 
-python -m drn_lightning.train model=drn_l scale=8 trainer.devices=4        # the paper's recipe on DF2K
-python -m drn_lightning.train experiment=demo                              # the CPU demo (make train)
-python -m drn_lightning.train -m experiment=demo data=semi data.unpaired_ratio=0,0.3,0.5"""
+drn-train model=drn_l scale=8 trainer.devices=4        # the paper's recipe on DF2K (= python -m drn_lightning.train)
+drn-train experiment=demo                              # the CPU demo (make train)
+drn-train -m experiment=demo data=semi data.unpaired_ratio=0,0.3,0.5"""
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -17,20 +17,15 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from drn_lightning.config import ConfigError, build, check_monitors, validate_train_config
 from drn_lightning.eval import final_evaluation
 from drn_lightning.files import write_json
-from drn_lightning.reliability import (
-    RUN_FAILURES,
-    AtomicCheckpointIO,
-    configure_wandb,
-    failure_message,
-    finish_wandb,
-    resume_from,
-    run_lock,
-    sweep_job_ranks,
-)
-from drn_lightning.runtime import keep_freed_memory
+from drn_lightning.options import OptionError, boolean, integer
+from drn_lightning.training.checkpoint_io import AtomicCheckpointIO
+from drn_lightning.training.config import build, check_missing, check_monitors, check_output_dirs, entry_point
+from drn_lightning.training.run import configure_wandb, finish_wandb, resume_from, run_guard, sweep_job_ranks
+from drn_lightning.training.runtime import keep_freed_memory
+
+log = logging.getLogger(__name__)
 
 
 def _group(cfg: DictConfig, key: str) -> list[Any]:
@@ -40,30 +35,36 @@ def _group(cfg: DictConfig, key: str) -> list[Any]:
 
 def prepare(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
     """Everything that can fail on user input, before any step is taken: options, networks, trainer, then data."""
-    validate_train_config(cfg)
+    check_missing(cfg)
+    check_output_dirs(cfg)
     if cfg.get("torch_threads") is not None:
-        torch.set_num_threads(cfg.torch_threads)
-    if cfg.get("keep_freed_memory"):
+        torch.set_num_threads(integer(cfg.torch_threads, "torch_threads", 1))
+    if boolean(cfg.get("keep_freed_memory", False), "keep_freed_memory"):
         keep_freed_memory()
     pl.seed_everything(int(cfg.seed), workers=True)
+    unverified = boolean(cfg.get("allow_unverified", False), "allow_unverified")  # our files without their digest
+    if "_target_" not in cfg.model:
+        raise OptionError("model", cfg.model.get("name"), "has no network to train; use drn_s, drn_l or drn_tiny")
     model = build(cfg, "model")
-    parts = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
-    model.save_hyperparameters({k: v for k, v in parts.items() if k != "_target_"}, logger=False)  # for reloading
     if cfg.get("weights"):
-        try:
-            model.load_pretrained(cfg.weights, cfg.get("dual_weights"), bool(cfg.get("allow_random_duals")))
-        except ValueError as err:
-            raise ConfigError(f"weights: {err}") from None
+        model.load_pretrained(
+            cfg.weights, cfg.get("dual_weights"), bool(cfg.get("allow_random_duals")), allow_unverified=unverified
+        )
     configure_wandb(cfg)
     callbacks = _group(cfg, "callbacks")
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
-    loggers = _group(cfg, "logger") or False
-    trainer = build(cfg, "trainer", logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+    trainer = build(
+        cfg,
+        "trainer",
+        logger=_group(cfg, "logger") or False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO(allow_unverified=unverified)],
+    )
     with open_dict(cfg):
         cfg.ckpt_path = resume_from(cfg.get("ckpt_path"), trainer)
     datamodule = build(cfg, "data")
-    check_monitors(cfg, model, datamodule)
+    check_monitors(cfg, model.logged_metrics(datamodule.val_set_names))
     return datamodule, model, trainer
 
 
@@ -89,22 +90,25 @@ def train(cfg: DictConfig, datamodule: Any, model: pl.LightningModule, trainer: 
     metrics.update(train_seconds=elapsed, global_step=trainer.global_step)
     write_json({k: v for k, v in metrics.items() if k != "eval"}, run_dir / "metrics.json")
     finish_wandb(trainer, metrics.get("eval", {}))
-    print(f"trained {trainer.global_step} steps in {elapsed / 60:.1f} min")
-    print(f"run directory: {run_dir.resolve()}")
+    log.info("trained %d steps in %.1f min; run directory: %s", trainer.global_step, elapsed / 60, run_dir.resolve())
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point: a bad option prints one line naming it (exit 2); an expected failure one line (exit 1)."""
-    try:
-        with run_lock(cfg.paths.output_dir):
-            metrics = train(cfg, *prepare(cfg))
-    except (ConfigError, *RUN_FAILURES) as err:  # a bad option, NaN loss, bad checkpoint or image, full disk, SIGTERM
-        message, status = failure_message(err, cfg.paths.output_dir)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(status)
-    return metrics.get("val/psnr")  # what a sweeper optimises
+def run(cfg: DictConfig) -> float | None:
+    """Hydra task: a bad option is one line naming it (exit 2); an expected failure one line (exit 1)."""
+    with run_guard(cfg):
+        metrics = train(cfg, *prepare(cfg))
+        value = metrics.get(str(cfg.get("optimized_metric") or "val/psnr"))
+        if value is None and cfg.get("optimized_metric") and any(k.startswith("val/") for k in metrics):
+            log.warning("optimized_metric=%s was not logged; logged: %s", cfg.optimized_metric, sorted(metrics))
+        return value  # what a sweeper optimises
+    return None
+
+
+def main() -> None:
+    """`drn-train` and `python -m drn_lightning.train`: a mistyped key is one line with the closest valid keys."""
+    entry_point(run, "train")
 
 
 if __name__ == "__main__":

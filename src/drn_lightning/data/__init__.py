@@ -1,5 +1,4 @@
-"""SR data: image IO, folder datasets, the mixed paired/unpaired sampler, demo photos and the DataModule, which (with
-Lightning) loads on first access: `read_image` stays light and Hydra's `drn_lightning.data.SRDataModule` resolves."""
+"""SR data; the Lightning DataModule loads on first access, so `read_image` stays light and Hydra's target resolves."""
 
 from __future__ import annotations
 

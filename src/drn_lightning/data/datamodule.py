@@ -2,15 +2,14 @@
 validation sets, from the dataset factories a config names (`conf/data/*.yaml`, `_partial_: true`).
 
 The DataModule calls each factory with `scale` (and `patch_size` for training data) when it is built, so a bad option
-or folder fails before training starts. The train loader's `MixedBatchSampler` shards each global batch itself, so
-the Trainer runs with ``use_distributed_sampler=False``.
+fails before training starts; `prepare_data` (once per node) writes missing LR levels and the npy store, `setup` (every
+rank) reads the folders. A validation set whose folder is missing is left out with a warning. The train loader's
+`MixedBatchSampler` shards each global batch itself, so the Trainer runs with ``use_distributed_sampler=False``.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
-import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -18,8 +17,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from drn_lightning.checks import fraction, integer
+from drn_lightning.data.datasets import MissingFolder
 from drn_lightning.data.samplers import KeyedConcatDataset, MixedBatchSampler
+from drn_lightning.options import OptionError, fraction, integer
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +84,6 @@ class ResumableLoader(DataLoader[Any]):
         self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
 
 
-def _build(role: str, factory: DatasetFactory | Dataset[Any], **given: Any) -> Dataset[Any]:
-    """Call a dataset factory (a dataset passes through), prefixing an error about its own argument with the role."""
-    if not callable(factory):
-        return factory
-    try:
-        return factory(**given)
-    except (ValueError, TypeError, OSError) as err:
-        named = re.match(r"(\w+)[=:]", str(err))
-        if named and named[1] not in given and named[1] in inspect.signature(factory).parameters:
-            raise type(err)(f"{role}.{err}") from None
-        raise
-
-
 def _named(name: str, dataset: Dataset[Any]) -> str:
     """A validation set's name in metrics and reports: `Set5`, or `Set5_nearest` for LR made another way."""
     degradation = getattr(dataset, "degradation", "bicubic")
@@ -123,7 +110,7 @@ class SRDataModule(pl.LightningDataModule):
         val_num_workers: int | None = None,
         global_batch: bool = False,
     ) -> None:
-        """Check the options, then build the datasets (which check theirs and read their folders)."""
+        """Check the options, then build the datasets (which check theirs; folders are read in setup)."""
         super().__init__()
         self.batch_size = integer(batch_size, "batch_size", 1)
         self.global_batch = bool(global_batch)  # batch_size is split across DDP ranks (the paper's 32 in all)
@@ -135,36 +122,52 @@ class SRDataModule(pl.LightningDataModule):
         self.seed = integer(seed, "seed", 0)
         self.unpaired_ratio = fraction(unpaired_ratio, "unpaired_ratio")
         if self.unpaired_ratio > 0 and unpaired is None:
-            raise ValueError(f"unpaired_ratio={unpaired_ratio} > 0 needs an unpaired dataset (unpaired: ...)")
+            raise OptionError("unpaired_ratio", unpaired_ratio, "> 0 needs an unpaired dataset (unpaired: ...)")
         self.pin_memory, self.persistent_workers = bool(pin_memory), bool(persistent_workers)
-        self.train_dataset = _build("train", train, scale=scale, patch_size=patch_size)
+        build = {"scale": scale, "patch_size": patch_size}  # what the factories (`_partial_: true`) are called with
+        self.train_dataset = train(**build) if callable(train) else train
         self.unpaired_dataset: Dataset[Any] | None = None
         if unpaired is not None and self.unpaired_ratio > 0:
-            self.unpaired_dataset = _build("unpaired", unpaired, scale=scale, patch_size=patch_size)
+            self.unpaired_dataset = unpaired(**build) if callable(unpaired) else unpaired
         elif unpaired is not None:
             log.info("unpaired data given but unpaired_ratio is 0: it is not used")
         self._train_loader: ResumableLoader | None = None
         self._resume: dict[str, int] | None = None
         built = {
-            name: _build(f"val_sets.{name}", ds, scale=scale) for name, ds in (val_sets or {}).items() if ds is not None
+            name: ds(scale=scale) if callable(ds) else ds for name, ds in (val_sets or {}).items() if ds is not None
         }
         self.val_datasets = {_named(name, ds): ds for name, ds in built.items()}  # an entry set to null is left out
 
+    def _call(self, hook: str) -> None:
+        """`hook` of every dataset having it; a validation set whose folder is missing is left out with a warning."""
+        for ds in (self.train_dataset, self.unpaired_dataset):
+            getattr(ds, hook, lambda: None)()
+        for name, ds in list(self.val_datasets.items()):
+            try:
+                getattr(ds, hook, lambda: None)()
+            except MissingFolder as err:
+                log.warning("validation set %s left out: %s", name, err)
+                del self.val_datasets[name]
+
+    def prepare_data(self) -> None:
+        """On local rank 0, before setup: write missing LR levels (MATLAB bicubic) and the npy store, with progress."""
+        self._call("prepare")
+
+    def setup(self, stage: str | None = None) -> None:
+        """On every rank: list and check the folders (idempotent); the LightningModule reads `val_set_names` after."""
+        self._call("setup")
+
     @property
     def val_set_names(self) -> list[str]:
-        """Validation set names, in loader order: they key the logged metrics (`val/<name>/psnr`)."""
+        """Validation set names, in loader order: they key the logged metrics (`val/<name>/psnr`); known from the
+        config when built, a set whose folder is missing dropped in setup."""
         return list(self.val_datasets)
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer
         if trainer is None:
             return 0, 1
-        world = int(trainer.world_size)
-        if world > 1 and getattr(getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", False):
-            raise ValueError(
-                "SRDataModule shards batches itself; create the Trainer with use_distributed_sampler=False"
-            )
-        return int(trainer.global_rank), world
+        return int(trainer.global_rank), int(trainer.world_size)  # the trainer has use_distributed_sampler: false
 
     def _loader_options(self, num_workers: int) -> dict[str, Any]:
         """Shared DataLoader options; pin memory only when there is a GPU to pin for."""
@@ -176,7 +179,7 @@ class SRDataModule(pl.LightningDataModule):
         if not self.global_batch:
             return self.batch_size
         if self.batch_size % world:
-            raise ValueError(f"batch_size={self.batch_size} (global_batch=true) does not split over {world} ranks")
+            raise OptionError("batch_size", self.batch_size, f"(global_batch=true) does not split over {world} ranks")
         return self.batch_size // world
 
     def train_dataloader(self) -> ResumableLoader:
@@ -196,6 +199,9 @@ class SRDataModule(pl.LightningDataModule):
         )
         if self.trainer is not None:
             sampler.set_epoch(int(self.trainer.current_epoch))
+            sampler.repeat_epoch = bool(
+                getattr(self.trainer, "overfit_batches", 0)
+            )  # debug=overfit: the same batches every epoch
         generator = torch.Generator().manual_seed(self.seed * 100_003 + rank)  # seeds the workers' global RNGs only
         loader = ResumableLoader(
             KeyedConcatDataset(parts),

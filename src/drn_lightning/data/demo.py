@@ -1,9 +1,4 @@
-"""Offline demo data: public-domain / CC0 photos read from the installed scikit-image wheel (no network), written
-once as PNGs into one folder per split so the ordinary folder datasets serve them.
-
-Licences, per ``skimage.data``: astronaut, hubble_deep_field (NASA), rocket (SpaceX): public domain; chelsea, coffee,
-retina, camera, brick, grass, gravel: CC0; immunohistochemistry, coins: no known copyright restrictions.
-"""
+"""Offline demo data: public-domain / CC0 photos from the installed scikit-image wheel, as PNG folders per split."""
 
 from __future__ import annotations
 
@@ -18,36 +13,20 @@ from PIL import Image
 from drn_lightning.data.io import read_image
 from drn_lightning.files import atomic_write
 
+# Licences (skimage.data): astronaut, hubble_deep_field (NASA), rocket (SpaceX) public domain; chelsea, coffee, retina,
+# camera, brick, grass, gravel CC0; immunohistochemistry, coins no known copyright restrictions. Greyscale ones go RGB.
 DEMO_FILES: dict[str, str] = {
-    "astronaut": "astronaut.png",
-    "rocket": "rocket.jpg",
-    "hubble_deep_field": "hubble_deep_field.jpg",
-    "immunohistochemistry": "ihc.png",
-    "retina": "retina.jpg",
-    "chelsea": "chelsea.png",
-    "coffee": "coffee.png",
-    "camera": "camera.png",
-    "brick": "brick.png",
-    "grass": "grass.png",
-    "gravel": "gravel.png",
-    "coins": "coins.png",
-}
-"""Demo name -> file inside ``skimage/data``: the RGB photos plus CC0 greyscale photos/textures (made RGB)."""
-
+    "astronaut": "astronaut.png", "rocket": "rocket.jpg", "hubble_deep_field": "hubble_deep_field.jpg",
+    "immunohistochemistry": "ihc.png", "retina": "retina.jpg", "chelsea": "chelsea.png", "coffee": "coffee.png",
+    "camera": "camera.png", "brick": "brick.png", "grass": "grass.png", "gravel": "gravel.png", "coins": "coins.png",
+}  # fmt: skip
+# Disjoint halves of the training photos, so semi-supervised runs never see their unpaired images' HR as paired data.
 DEMO_PAIRED: tuple[str, ...] = ("astronaut", "hubble_deep_field", "immunohistochemistry", "camera", "brick")
 DEMO_UNPAIRED: tuple[str, ...] = ("rocket", "retina", "grass", "gravel", "coins")
-"""Two disjoint halves of the training photos (splits ``paired`` / ``unpaired``): the semi-supervised experiments
-never see the HR of their unpaired images as paired data."""
-
 DEMO_TRAIN: tuple[str, ...] = DEMO_PAIRED + DEMO_UNPAIRED
-DEMO_VAL: tuple[str, ...] = ("chelsea", "coffee")
-"""Held-out validation photos, disjoint from :data:`DEMO_TRAIN`."""
-
-DEMO_SPLITS = {"train": DEMO_TRAIN, "val": DEMO_VAL, "paired": DEMO_PAIRED, "unpaired": DEMO_UNPAIRED}
-"""Folder name under the demo root -> the photos written into it."""
-
-DEMO_GREYSCALE: tuple[str, ...] = ("camera", "brick", "grass", "gravel", "coins")
-"""Greyscale photos among the training set (repeated to RGB): texture for the network, Y is what is scored."""
+DEMO_VAL: tuple[str, ...] = ("chelsea", "coffee")  # held out, disjoint from DEMO_TRAIN
+DEMO_SPLITS = {"train": DEMO_TRAIN, "val": DEMO_VAL, "paired": DEMO_PAIRED, "unpaired": DEMO_UNPAIRED}  # folder: photos
+DEMO_GREYSCALE: tuple[str, ...] = ("camera", "brick", "grass", "gravel", "coins")  # texture; Y is what is scored
 
 
 def _skimage_data_dir() -> Path:
@@ -75,18 +54,10 @@ def load_demo_image(name: str) -> np.ndarray:
     return read_image(demo_image_path(name))
 
 
-def default_demo_root() -> Path:
-    """``$DRN_DEMO_ROOT``, else ``$XDG_CACHE_HOME/drn_lightning/demo`` (``~/.cache`` by default)."""
-    env = os.environ.get("DRN_DEMO_ROOT")
-    if env:
-        return Path(env).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "drn_lightning" / "demo"
-
-
 def materialize_demo(folder: str | os.PathLike[str] | None = None) -> dict[str, Path]:
-    """Write the demo photos as PNGs into one folder per split (:data:`DEMO_SPLITS`), leaving complete ones alone."""
-    root = Path(folder).expanduser() if folder is not None else default_demo_root()
+    """PNGs of the photos, a folder per split, complete ones kept (default root: $XDG_CACHE_HOME/drn_lightning/demo)."""
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "drn_lightning" / "demo"
+    root = home if folder is None else Path(folder).expanduser()
     for split, names in DEMO_SPLITS.items():
         for name in names:
             target, source = root / split / f"{name}.png", demo_image_path(name)

@@ -1,28 +1,27 @@
-"""Image file reading for SR datasets: always (H, W, 3) uint8 RGB, or an ImageReadError naming the file.
-
-Pillow decodes; this module bounds the pixel count from the header (decompression bombs fail fast), decodes fully
-(truncated files fail here, not in a worker), and narrows 16-bit greyscale with round(v / 257) where Pillow would
-clip. Alpha is dropped keeping the stored colour; EXIF orientation is not applied, as DIV2K-style LR files were not.
-"""
+"""Image files for SR: pixel-bounded, fully decoded up front, and every failure an error naming the file."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+from drn_lightning.options import ExpectedError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+UPSCALE_EXTENSIONS: frozenset[str] = IMAGE_EXTENSIONS | {".gif"}  # upscaling takes a GIF's first frame
 MAX_IMAGE_PIXELS: int = 64 * 1024 * 1024  # default bound on width * height (~17x a DIV2K image)
 ON_BAD_FILE_CHOICES: tuple[str, ...] = ("raise", "skip")  # an unreadable file stops the run, or is left out
 _ALLOWED_MODES = "allowed: 8-bit or 16-bit greyscale/RGB(A), palette, CMYK"
 
 
-class ImageReadError(ValueError):
+class ImageReadError(ExpectedError, ValueError):
     """An image file that exists but cannot be used: empty, not an image, truncated, too large."""
 
 
@@ -44,12 +43,11 @@ def _limit(max_pixels: int | None) -> int:
 
 def sixteen_to_eight(values: np.ndarray) -> np.ndarray:
     """Map 0..65535 onto 0..255 with round(v / 257), so 65535 -> 255 and 257 * k -> k exactly."""
-    wide = values.astype(np.uint32)
-    return ((wide + 128) // 257).astype(np.uint8)
+    return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
 def _to_rgb8(img: Image.Image, path: Path) -> np.ndarray:
-    """Convert any photo-like Pillow mode to an (H, W, 3) uint8 RGB array."""
+    """Any photo-like Pillow mode as (H, W, 3) uint8 RGB: 16-bit via round(v / 257), alpha dropped keeping colour."""
     if img.mode == "F":
         raise ImageReadError(f"{path}: floating-point images (mode F) are not supported; {_ALLOWED_MODES}")
     if img.mode == "I" or img.mode.startswith("I;16"):
@@ -108,12 +106,29 @@ def read_image_size(path: str | os.PathLike[str], max_pixels: int | None = None)
 
 
 def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
-    """Decode an image fully to (H, W, 3) uint8 RGB, failing here (not in training) on bad files."""
-    path, limit = Path(path), _limit(max_pixels)
+    """Decode fully to (H, W, 3) uint8 RGB, failing here (not in training); no EXIF rotation, as DIV2K's LR had none."""
+    return _decode(Path(path), max_pixels, _to_rgb8)
+
+
+def open_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> Image.Image:
+    """Decoded, upright (EXIF orientation applied), mode, alpha, EXIF and ICC kept: what upscaling needs."""
+    return _decode(Path(path), max_pixels, _upright_first_frame)
+
+
+def _upright_first_frame(img: Image.Image, path: Path) -> Image.Image:
+    """The first frame (animations warn), rotated as its EXIF says, the orientation tag then dropped."""
+    if (frames := getattr(img, "n_frames", 1)) > 1:
+        warnings.warn(f"{path}: animated ({frames} frames); only the first frame is used", stacklevel=4)
+    return ImageOps.exif_transpose(img)
+
+
+def _decode(path: Path, max_pixels: int | None, finish: Callable[[Image.Image, Path], Any]) -> Any:
+    """`finish(image, path)` on the fully decoded image; every failure an ImageReadError naming the file."""
+    limit = _limit(max_pixels)
     with _checked_image(path, limit) as img:
         try:
             img.load()
-            return _to_rgb8(img, path)
+            return finish(img, path)
         except (ImageReadError, MemoryError):
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -122,7 +137,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> n
             raise ImageReadError(f"{path}: cannot decode image (truncated or corrupt?): {exc}") from exc
 
 
-def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+def list_images(folder: str | os.PathLike[str], extensions: Collection[str] = IMAGE_EXTENSIONS) -> list[Path]:
     """Sorted image files directly in `folder`, skipping hidden and AppleDouble (`._x.png`) files."""
     folder = Path(folder)
     if not folder.exists():
@@ -130,12 +145,8 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder}: expected a folder of images, found a file")
     files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in extensions
     )
     if not files:
-        raise ValueError(
-            f"{folder}: folder contains no images (allowed extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
+        raise ValueError(f"{folder}: folder contains no images (allowed extensions: {', '.join(sorted(extensions))})")
     return files

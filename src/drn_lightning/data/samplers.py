@@ -11,10 +11,19 @@ from typing import Any
 import numpy as np
 from torch.utils.data import ConcatDataset, Sampler
 
-from drn_lightning.checks import fraction, integer
-from drn_lightning.data.pyramid import SampleKey, split_key
+from drn_lightning.options import fraction, integer
 
 _PAIRED, _UNPAIRED = 0, 1
+SampleKey = tuple[int, int]
+
+
+def split_key(key: int | SampleKey) -> tuple[int, int | None]:
+    """``index`` -> (index, None: use the global RNG); ``(index, seed)`` -> (index, seed)."""
+    if isinstance(key, tuple):
+        if len(key) != 2:
+            raise TypeError(f"a sample key is an index or (index, seed), got {key!r}")
+        return int(key[0]), int(key[1])
+    return int(key), None
 
 
 def sample_seed(seed: int, global_index: int, slot: int) -> int:
@@ -23,16 +32,7 @@ def sample_seed(seed: int, global_index: int, slot: int) -> int:
 
 
 class MixedBatchSampler(Sampler[list[Any]]):
-    """Yields this rank's index lists into ``ConcatDataset([paired, unpaired])`` (unpaired offset by ``n_paired``).
-
-    Each global batch (``batch_size * num_replicas``) holds exactly ``round(unpaired_ratio * global_batch)`` unpaired
-    samples, spread over the ranks as evenly as possible, the rank with one extra rotating from batch to batch.
-    Each pool is read through a chain of seeded permutations cut into whole global batches, so a global batch never
-    repeats a sample nor shares one between ranks (unless a pool is smaller than its share), and epoch ``e`` starts
-    at global batch ``e * num_batches``, continuing the permutation. Batches are a pure function of (seed, epoch,
-    position): ``start_at(k)`` resumes mid-epoch, and with ``keyed=True`` each entry is ``(index, seed)``, the seed
-    of its global slot, so crops differ between ranks, match across ``num_workers`` and repeat after a resume.
-    """
+    """Rank batches of ``ConcatDataset([paired, unpaired])``: exact unpaired share, a pure function of seed and step."""
 
     def __init__(
         self,
@@ -46,7 +46,6 @@ class MixedBatchSampler(Sampler[list[Any]]):
         seed: int = 0,
         keyed: bool = False,
     ) -> None:
-        """Validate the mix and precompute the per-global-batch counts."""
         self.n_paired = integer(n_paired, "n_paired", 1)  # every global batch needs paired samples
         self.n_unpaired = integer(n_unpaired, "n_unpaired", 0)
         self.batch_size = integer(batch_size, "batch_size", 1)
@@ -65,12 +64,10 @@ class MixedBatchSampler(Sampler[list[Any]]):
             raise ValueError(f"unpaired_ratio={ratio} > 0 needs unpaired samples, but n_unpaired is 0")
         if self.paired_per_global == 0:
             raise ValueError(
-                f"unpaired_ratio={ratio} rounds to {self.unpaired_per_global} of "
-                f"{self.global_batch} samples per global batch, leaving no paired sample; "
-                "lower unpaired_ratio or raise batch_size"
+                f"unpaired_ratio={ratio} rounds to {self.unpaired_per_global} of {self.global_batch} samples per global"
+                " batch, leaving no paired sample; lower unpaired_ratio or raise batch_size"
             )
-        self.epoch = 0
-        self._start = 0
+        self.epoch, self.repeat_epoch, self._start = 0, False, 0
         self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
     @property
@@ -79,8 +76,9 @@ class MixedBatchSampler(Sampler[list[Any]]):
         return self
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose batches ``__iter__`` yields (called by Lightning each epoch)."""
-        self.epoch = integer(epoch, "epoch", 0)
+        """Select the epoch whose batches ``__iter__`` yields (called by Lightning each epoch), unless repeating one."""
+        if not self.repeat_epoch:
+            self.epoch = integer(epoch, "epoch", 0)
 
     def start_at(self, batch: int) -> None:
         """Begin the next iteration at batch ``batch`` of the current epoch (once), as a resumed run must."""
@@ -105,8 +103,7 @@ class MixedBatchSampler(Sampler[list[Any]]):
         return perm
 
     def _draw(self, pool: int, size: int, per_global: int, global_index: int, skip: int, count: int) -> list[int]:
-        """``count`` indices of a pool for global batch ``global_index`` after the first ``skip``: from whole global
-        batches cut from one permutation, or for a pool smaller than a global batch, a continuous chain of them."""
+        """``count`` indices of a pool for global batch ``global_index`` after ``skip``, from seeded permutations."""
         if count == 0:
             return []
         if per_global <= size:
@@ -132,12 +129,9 @@ class MixedBatchSampler(Sampler[list[Any]]):
         return paired + [self.n_paired + i for i in unpaired]
 
     def rank_keys(self, global_index: int, rank: int) -> list[tuple[int, int]]:
-        """``rank_batch`` with each index paired with the seed of its slot in the global batch."""
-        first_slot = rank * self.batch_size
-        return [
-            (index, sample_seed(self.seed, global_index, first_slot + k))
-            for k, index in enumerate(self.rank_batch(global_index, rank))
-        ]
+        """``rank_batch``, each index paired with its global slot's seed: crops repeat after a resume."""
+        batch, first_slot = self.rank_batch(global_index, rank), rank * self.batch_size
+        return [(index, sample_seed(self.seed, global_index, first_slot + k)) for k, index in enumerate(batch)]
 
     def __iter__(self) -> Iterator[list[Any]]:
         """This rank's batches for the current epoch: index lists, or ``(index, seed)`` lists when keyed."""

@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from drn_lightning.options import OptionError, one_of
+
 SUPPORTED_SCALES = (2, 4, 8)
 MIN_FEATS = 4
 # Per-channel RGB mean of DIV2K used by the authors' mean-shift convs (in units of the 0-255 range / 255).
@@ -19,9 +21,7 @@ RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
 def check_scale(scale: int) -> int:
     """Fail early with the allowed values: DRN needs a power-of-two scale with one dual per x2 step."""
-    if scale not in SUPPORTED_SCALES:
-        raise ValueError(f"scale={scale!r} is not supported; DRN allows scale in {list(SUPPORTED_SCALES)}")
-    return int(scale)
+    return int(one_of(scale, "scale", SUPPORTED_SCALES))
 
 
 def num_stages(scale: int) -> int:
@@ -122,12 +122,11 @@ class DRN(nn.Module):
         checkpoint_blocks: bool = False,
     ) -> None:
         super().__init__()
-        if init not in ("default", "identity"):
-            raise ValueError(f"init={init!r}; allowed: 'default' (PyTorch's, as the authors), 'identity'")
+        one_of(init, "init", ("default", "identity"))  # default: PyTorch's, as the authors
         if n_feats < MIN_FEATS:
-            raise ValueError(f"n_feats={n_feats!r} is too small; DRN needs n_feats >= {MIN_FEATS}")
+            raise OptionError("n_feats", n_feats, f"too small; DRN needs n_feats >= {MIN_FEATS}")
         if n_blocks < 1:
-            raise ValueError(f"n_blocks={n_blocks!r} must be >= 1")
+            raise OptionError("n_blocks", n_blocks, "must be >= 1")
         self.scale, self.n_feats, self.n_blocks = check_scale(scale), n_feats, n_blocks
         self.n_colors, self.negative_slope = n_colors, negative_slope
         # Recompute each RCAB in the backward instead of keeping its activations (big patches; no parameters).

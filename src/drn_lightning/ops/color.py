@@ -10,17 +10,12 @@ _Y_COEFFS = (65.481, 128.553, 24.966)  # ITU-R BT.601 for RGB in [0, 1], Y in [1
 
 
 def rgb_to_y(image: Tensor, round_y: bool = False) -> Tensor:
-    """BT.601 Y of 0-255 RGB ``(..., 3, H, W)`` -> ``(..., 1, H, W)``, the channel SR papers score.
-
-    ``round_y=True`` rounds Y to integers like MATLAB's ``rgb2ycbcr`` does on uint8 images.
-    Float input keeps its dtype (use float64 for exact scoring); integer input is computed in float32.
-    """
+    """BT.601 Y of 0-255 RGB ``(..., 3, H, W)`` -> ``(..., 1, H, W)``; ``round_y`` rounds as MATLAB does on uint8."""
     if image.dim() < 3 or image.shape[-3] != 3:
         raise ValueError(f"image must have shape (..., 3, H, W) RGB, got {tuple(image.shape)}")
     x = image if image.is_floating_point() else image.to(torch.float32)
     r, g, b = x[..., 0:1, :, :], x[..., 1:2, :, :], x[..., 2:3, :, :]
-    # Same operation order as MATLAB's rgb2ycbcr (T/255 first, offset last), so exact .5 ties
-    # (e.g. RGB 198,108,43 -> 125.5) round the way MATLAB rounds them.
+    # MATLAB's operation order (T/255 first, offset last), so exact .5 ties (RGB 198,108,43 -> 125.5) round alike.
     c0, c1, c2 = (c / 255.0 for c in _Y_COEFFS)
     y = c0 * r + c1 * g + c2 * b + _Y_OFFSET
     if round_y:

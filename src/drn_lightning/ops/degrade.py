@@ -1,16 +1,4 @@
-"""HR -> LR degradations used to build SR training and test pairs.
-
-* ``bicubic`` (BI): MATLAB ``imresize(hr, 1/scale, 'bicubic')``, how DIV2K ``LR_bicubic`` and the
-  Set5/Set14 bicubic benchmarks are made.
-* ``bd`` (blur-downscale): Gaussian blur (``fspecial('gaussian', 7, 1.6)``) with ``'replicate'``
-  borders, then MATLAB ``imresize(..., 1/scale, 'nearest')``. This is the convention of RDN's
-  ``Prepare_TestData_HR_LR.m`` / ``Prepare_TrainData_HR_LR_BD.m`` (``imresize_BD``), which keeps the
-  pixel at 0-based index ``floor((i + 0.5) * scale)`` of each block (``scale // 2`` for integer scales).
-  For uint8 input the blurred image is rounded to uint8 first, as MATLAB's ``imfilter`` returns uint8.
-* ``nearest``: MATLAB ``imresize(hr, 1/scale, 'nearest')`` without blur.
-
-All accept float images in 0-255 or uint8 (uint8 in -> uint8 out), shaped ``(..., C, H, W)``.
-"""
+"""HR -> LR degradations (MATLAB conventions, float 0-255 or uint8 in -> same out) for SR training and test pairs."""
 
 from __future__ import annotations
 
@@ -31,7 +19,7 @@ def _check_scale(scale: int) -> int:
 
 
 def bicubic_downsample(hr: Tensor, scale: int) -> Tensor:
-    """BI degradation: MATLAB bicubic ``imresize`` by ``1/scale`` with antialiasing."""
+    """BI degradation: MATLAB bicubic ``imresize`` by ``1/scale`` with antialiasing, as DIV2K and Set5/Set14 made."""
     return imresize(hr, scale=1.0 / _check_scale(scale))
 
 
@@ -41,7 +29,7 @@ def nearest_downsample(hr: Tensor, scale: int) -> Tensor:
 
 
 def bd_downsample(hr: Tensor, scale: int, kernel_size: int = 7, sigma: float = 1.6) -> Tensor:
-    """BD degradation (RDN/SRMD): Gaussian blur with replicate borders, then MATLAB nearest pick."""
+    """BD degradation (RDN's ``imresize_BD``): Gaussian blur with replicate borders, then MATLAB nearest pick."""
     scale = _check_scale(scale)
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
@@ -56,7 +44,7 @@ def bd_downsample(hr: Tensor, scale: int, kernel_size: int = 7, sigma: float = 1
     blurred = kornia.filters.gaussian_blur2d(
         flat, (kernel_size, kernel_size), (float(sigma), float(sigma)), border_type="replicate"
     ).reshape(*lead, *work.shape[-3:])
-    if is_uint8:
+    if is_uint8:  # rounded to uint8 first, as MATLAB's imfilter returns uint8
         blurred = torch.floor(blurred + 0.5).clamp_(0.0, 255.0).to(torch.uint8)
     return nearest_downsample(blurred, scale)
 
@@ -69,20 +57,10 @@ DEGRADATIONS: dict[str, Callable[[Tensor, int], Tensor]] = {
 
 
 def lr_pyramid(hr: Tensor, scale: int, method: str = "bicubic") -> list[Tensor]:
-    """LR inputs for DRN's dual regression, coarse to fine, HR excluded: x4 -> [hr/4, hr/2].
-
-    Every level is degraded directly from the HR (not from the previous level), matching how
-    DIV2K's ``LR_bicubic/X2`` and ``X4`` folders are produced independently.
-    """
+    """DRN's LR inputs, coarse to fine (x4 -> [hr/4, hr/2]), each from the HR as DIV2K's X2 and X4 folders are."""
     if method not in DEGRADATIONS:
         raise ValueError(f"unknown degradation {method!r}; allowed: {sorted(DEGRADATIONS)}")
     scale = _check_scale(scale)
     if scale < 2 or scale & (scale - 1):
         raise ValueError(f"scale must be a power of two >= 2 for DRN's x2 pyramid, got {scale!r}")
-    degrade = DEGRADATIONS[method]
-    levels = []
-    factor = scale
-    while factor >= 2:
-        levels.append(degrade(hr, factor))
-        factor //= 2
-    return levels
+    return [DEGRADATIONS[method](hr, scale >> k) for k in range(scale.bit_length() - 1)]

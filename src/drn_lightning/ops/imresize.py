@@ -1,15 +1,4 @@
-"""MATLAB-compatible ``imresize`` for torch tensors.
-
-SR benchmarks (Set5, Set14, DIV2K's ``LR_bicubic``) are made with MATLAB's ``imresize``; any other
-resampler (PIL, OpenCV, ``F.interpolate``) shifts published PSNR by tenths of a dB, so this module
-reproduces MATLAB's algorithm: its cubic kernel (a = -0.5), antialiasing when shrinking, symmetric
-border mirroring, ``ceil`` output sizes, and resizing the more-shrunk dimension first.
-
-Each 1-D pass is a precomputed, cached ``(out_len, in_len)`` matrix applied with ``matmul``.
-For ``uint8`` input the result of each pass is rounded to ``uint8`` like MATLAB's ``imresizemex``
-(it returns the input class after every dimension), so uint8 results match MATLAB bit for bit
-up to floating-point ties.
-"""
+"""MATLAB-exact ``imresize`` for tensors: SR benchmarks are made with it, and other resamplers shift PSNR."""
 
 from __future__ import annotations
 
@@ -52,24 +41,16 @@ def _contributions(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Float64 weights and 0-based source indices, both (out_len, P), as MATLAB's contributions()."""
     kernel, width = _KERNELS[method]
-    h: Callable[[np.ndarray], np.ndarray]
-    if scale < 1.0 and antialias:
-        # Widen the kernel by 1/scale so shrinking low-pass filters instead of aliasing.
-        def h(x: np.ndarray) -> np.ndarray:
-            return scale * kernel(scale * x)
-
-        width = width / scale
-    else:
-        h = kernel
+    stretch = scale if scale < 1.0 and antialias else 1.0  # widened by 1/scale, shrinking low-pass filters
+    width = width / stretch
     out_pos = np.arange(1, out_len + 1, dtype=np.float64)
     center = out_pos / scale + 0.5 * (1.0 - 1.0 / scale)  # 1-based source coordinate
     left = np.floor(center - width / 2.0)
     taps = math.ceil(width) + 2
     idx = left[:, None] + np.arange(taps, dtype=np.float64)[None, :]
-    weights = h(center[:, None] - idx)
+    weights = stretch * kernel(stretch * (center[:, None] - idx))
     weights = weights / weights.sum(axis=1, keepdims=True)
-    # Symmetric padding: ... 2 1 | 1 2 ... n | n n-1 ...  (the edge pixel is repeated).
-    mirror = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])
+    mirror = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])  # symmetric: 2 1 | 1 2 .. n | n n-1
     idx0 = mirror[np.mod(idx.astype(np.int64) - 1, 2 * in_len)]
     keep = np.any(weights != 0.0, axis=0)
     return weights[:, keep], idx0[:, keep]
@@ -88,13 +69,7 @@ def resize_weights(
 
 @lru_cache(maxsize=64)
 def _weight_tensor(
-    in_len: int,
-    out_len: int,
-    scale: float,
-    method: str,
-    antialias: bool,
-    device: torch.device,
-    dtype: torch.dtype,
+    in_len: int, out_len: int, scale: float, method: str, antialias: bool, device: torch.device, dtype: torch.dtype
 ) -> Tensor:
     """Cache the matrix on the target device/dtype so repeated resizes pay only the matmul."""
     mat = resize_weights(in_len, out_len, scale, method, antialias)  # type: ignore[arg-type]
@@ -104,11 +79,6 @@ def _weight_tensor(
 def imresize_output_size(in_size: tuple[int, int], scale: float) -> tuple[int, int]:
     """MATLAB's output size rule ``ceil(in * scale)``, evaluated in double precision like MATLAB."""
     return (math.ceil(in_size[0] * scale), math.ceil(in_size[1] * scale))
-
-
-def _round_uint8(x: Tensor) -> Tensor:
-    """Round half away from zero and saturate, as MATLAB's conversion to uint8 does."""
-    return torch.floor(x + 0.5).clamp_(0.0, 255.0)
 
 
 def _output_geometry(
@@ -134,11 +104,7 @@ def imresize(
     antialias: bool = True,
     method: Method = "bicubic",
 ) -> Tensor:
-    """Resize ``(..., C, H, W)`` or ``(C, H, W)`` images exactly like MATLAB's ``imresize``.
-
-    Give either ``scale`` (output ``ceil(in * scale)``) or ``size=(H, W)``. ``uint8`` input gives
-    ``uint8`` output; floating input gives the same dtype, unclamped.
-    """
+    """MATLAB's ``imresize`` of ``(..., H, W)`` by ``scale`` or to ``size``; dtype kept (uint8 rounded per pass)."""
     if not isinstance(image, Tensor):
         raise TypeError(f"image must be a torch.Tensor, got {type(image).__name__}")
     if image.dim() < 2:
@@ -151,22 +117,18 @@ def imresize(
     in_h, in_w = int(image.shape[-2]), int(image.shape[-1])
     if in_h < 1 or in_w < 1:
         raise ValueError(f"image must be non-empty, got shape {tuple(image.shape)}")
-
     (out_h, out_w), (scale_h, scale_w) = _output_geometry(in_h, in_w, scale, size)
-
-    # uint8 is resampled in float64 so rounding ties land where MATLAB's double arithmetic puts them;
-    # half precision is resampled in float32 for accuracy and cast back.
+    # uint8 in float64, so ties round where MATLAB's doubles put them; half precision in float32, cast back
     half = image.dtype in (torch.float16, torch.bfloat16)
     work_dtype = torch.float64 if is_uint8 else torch.float32 if half else image.dtype
     out = image.to(work_dtype)
-    # MATLAB resizes the dimension with the smaller scale first (rows on ties).
-    for dim in ("h", "w") if scale_h <= scale_w else ("w", "h"):
+    for dim in ("h", "w") if scale_h <= scale_w else ("w", "h"):  # as MATLAB: the smaller scale first, rows on ties
         if dim == "h":
             mat = _weight_tensor(in_h, out_h, scale_h, method, antialias, out.device, work_dtype)
             out = torch.matmul(mat, out)
         else:
             mat = _weight_tensor(in_w, out_w, scale_w, method, antialias, out.device, work_dtype)
             out = torch.matmul(out, mat.T)
-        if is_uint8:
-            out = _round_uint8(out)
+        if is_uint8:  # as MATLAB's imresizemex returns uint8 after each pass: round half away from zero, saturate
+            out = torch.floor(out + 0.5).clamp_(0.0, 255.0)
     return out.to(image.dtype)

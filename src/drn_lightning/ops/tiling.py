@@ -10,12 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from drn_lightning.checks import integer
+from drn_lightning.options import integer
 
-__all__ = ["DEFAULT_TILE_OVERLAP", "TensorFn", "TileBox", "self_ensemble_forward", "tile_boxes", "tiled_forward"]
-
-# LR pixels of context on each side of a tile; chosen by measurement (docs/inference.md, "Tiling").
-DEFAULT_TILE_OVERLAP = 8
+DEFAULT_TILE_OVERLAP = 8  # LR pixels of context on each side of a tile; measured (docs/inference.md, "Tiling")
 
 TensorFn = Callable[[Tensor], Tensor]
 
@@ -112,8 +109,7 @@ def self_ensemble_forward(fn: TensorFn, lr: Tensor) -> Tensor:
         sr = fn((x.flip(flips) if flips else x).contiguous())
         sr = sr.flip(flips) if flips else sr  # undo the flips before the transpose: each is its own inverse
         sr = sr.transpose(-2, -1) if transpose else sr
-        # Accumulate in float32 at least, so half-precision outputs do not lose the average's low bits.
-        sr = sr.float() if sr.dtype in (torch.float16, torch.bfloat16) else sr
+        sr = sr.float() if sr.dtype in (torch.float16, torch.bfloat16) else sr  # keeps the average's low bits
         total = sr.clone() if total is None else total.add_(sr)
     assert total is not None
     return total.div_(8)

@@ -1,8 +1,9 @@
-"""The authors' weight format (`DRNS4x.pt` + `DRNS4x_dual_model.pt`) and our checkpoints, read without running pickles."""
+"""Weight files: the authors' format (`DRNS4x.pt` + `DRNS4x_dual_model.pt`) and our checkpoints, read without running pickles."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections import OrderedDict
@@ -15,70 +16,25 @@ from fsspec.core import url_to_fs
 from torch import Tensor, nn
 
 from drn_lightning.files import atomic_write
-from drn_lightning.models.drn import DRN, SUPPORTED_SCALES, build_duals, check_scale
+from drn_lightning.models.drn import DRN, SUPPORTED_SCALES, build_duals
+from drn_lightning.models.variants import describe, variant_name
+from drn_lightning.options import ExpectedError
 
-# The paper's sizes (n_feats, n_blocks) per variant and scale; `drn_tiny` is our small CPU demo model.
-VARIANTS: dict[str, dict[int, tuple[int, int]]] = {
-    "drn_s": {4: (16, 30), 8: (8, 30)},
-    "drn_l": {4: (20, 40), 8: (10, 36)},
-    "drn_tiny": {2: (8, 4), 4: (8, 4), 8: (4, 4)},
-}
 PRIMAL_PREFIX = "primal."
 DUALS_PREFIX = "duals."
 # Our files' SHA-256 of their tensors: a top-level key of our checkpoints, or an entry of the authors' format's state
 # dict `_metadata` (which `load_state_dict` reads by module prefix only, so their strict loader sees the usual keys).
 DIGEST_KEY = "drn_lightning_digest"
+# Our writers' mark, beside the digest and also in the state dict's `_metadata` (kept when a tool re-saves the dict):
+# a marked file without its digest is refused unless allow_unverified; unmarked files (the authors') load unchecked.
+WRITER_KEY = "drn_lightning_writer"
+log = logging.getLogger(__name__)
 StrPath = str | os.PathLike[str]
 Loaded = tuple[DRN, nn.ModuleList | None, dict[str, Any]]  # (primal, duals or None, info: variant, scale, sizes)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ExpectedError, ValueError):
     """A weights file that cannot be used; the message names the file and what was wrong."""
-
-
-def variant_name(scale: int, n_feats: int, n_blocks: int) -> str:
-    """Name of the paper variant with these sizes, or a descriptive `custom_...` name."""
-    for name, sizes in VARIANTS.items():
-        if sizes.get(scale) == (n_feats, n_blocks):
-            return name
-    return f"custom_f{n_feats}_b{n_blocks}"
-
-
-def build_primal(
-    variant: str = "drn_s", scale: int = 4, n_feats: int | None = None, n_blocks: int | None = None, **kwargs: Any
-) -> DRN:
-    """The primal of a named variant at the paper's size for `scale`; `n_feats`/`n_blocks` override it, `kwargs` go to DRN."""
-    if n_feats is None or n_blocks is None:
-        check_scale(scale)
-        if variant not in VARIANTS:
-            raise ValueError(f"variant={variant!r} is unknown; choose one of {sorted(VARIANTS)}")
-        if scale not in VARIANTS[variant]:
-            raise ValueError(
-                f"variant={variant!r} is not defined at scale={scale}; defined: "
-                f"{ {k: sorted(v) for k, v in VARIANTS.items()} } (or give n_feats and n_blocks)"
-            )
-        default_feats, default_blocks = VARIANTS[variant][scale]
-        n_feats = default_feats if n_feats is None else n_feats
-        n_blocks = default_blocks if n_blocks is None else n_blocks
-    return DRN(scale=scale, n_feats=int(n_feats), n_blocks=int(n_blocks), **kwargs)
-
-
-def build_drn(
-    variant: str = "drn_s",
-    scale: int = 4,
-    n_feats: int | None = None,
-    n_blocks: int | None = None,
-    dual: bool = True,
-    **kwargs: Any,
-) -> tuple[DRN, nn.ModuleList | None]:
-    """Primal and dual networks of a named variant (see `build_primal`)."""
-    primal = build_primal(variant, scale, n_feats, n_blocks, **kwargs)
-    return primal, (primal.build_duals() if dual else None)
-
-
-def describe(info: Mapping[str, Any]) -> str:
-    """`drn_s x4 (n_feats=16, n_blocks=30)`: how messages name a network."""
-    return f"{info['variant']} x{info['scale']} (n_feats={info['n_feats']}, n_blocks={info['n_blocks']})"
 
 
 def tensor_digest(obj: Any) -> str:
@@ -107,22 +63,35 @@ def tensor_digest(obj: Any) -> str:
 
 
 def with_digest(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """A shallow copy of a checkpoint dict with the digest of its tensors under DIGEST_KEY (checked by `safe_load`)."""
-    return {**checkpoint, DIGEST_KEY: {"sha256": tensor_digest(checkpoint)}}
+    """A shallow copy of a checkpoint dict with the digest of its tensors and our mark (checked by `safe_load`)."""
+    metadata = getattr(checkpoint.get("state_dict"), "_metadata", None)
+    if isinstance(metadata, dict):
+        metadata[WRITER_KEY] = 1
+    return {**checkpoint, DIGEST_KEY: {"sha256": tensor_digest(checkpoint)}, WRITER_KEY: 1}
 
 
-def _verify_digest(obj: Any, path: StrPath) -> None:
-    """Compare each digest our writers stored with the tensors loaded; files without one (the authors') pass."""
+def _verify_digest(obj: Any, path: StrPath, allow_unverified: bool = False) -> None:
+    """Compare each digest our writers stored with the tensors loaded; a file they marked must have one."""
     for part in obj if isinstance(obj, list) else [obj]:  # the authors' dual file is a list of state dicts
-        stored = part.get(DIGEST_KEY) if isinstance(part, Mapping) else None
-        stored = stored or (getattr(part, "_metadata", None) or {}).get(DIGEST_KEY)
+        if not isinstance(part, Mapping):
+            continue
+        metadata = [getattr(p, "_metadata", None) or {} for p in (part, part.get("state_dict"))]
+        stored = part.get(DIGEST_KEY) or metadata[0].get(DIGEST_KEY)
         if isinstance(stored, Mapping) and stored.get("sha256") != tensor_digest(part):
             raise CheckpointError(
                 f"{path}: corrupt: its tensors do not match the SHA-256 digest stored when it was written "
                 "(bytes changed on disk or in transfer); restore the file from a good copy"
             )
+        if stored is None and any(WRITER_KEY in m for m in [part, *metadata]):
+            if not allow_unverified:
+                raise CheckpointError(
+                    f"{path}: written by drn_lightning but its SHA-256 digest is missing, so damage cannot be ruled "
+                    "out; restore it from a good copy, or load it unchecked with allow_unverified=true"
+                )
+            log.warning("%s: no SHA-256 digest; loaded unchecked (allow_unverified)", path)
     if isinstance(obj, dict):
         obj.pop(DIGEST_KEY, None)
+        obj.pop(WRITER_KEY, None)
 
 
 def check_finite(module: nn.Module, source: StrPath) -> None:
@@ -137,8 +106,9 @@ def _some(items: list[str], limit: int) -> str:
     return f"{items[:limit]}" + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
-def safe_load(path: StrPath) -> Any:
-    """`torch.load` of tensors and plain containers only, from a path or fsspec URL; errors name the file and the cause."""
+def safe_load(path: StrPath, *, allow_unverified: bool = False) -> Any:
+    """`torch.load` of tensors and plain containers only, from a path or fsspec URL; errors name the file and the cause.
+    Our own files must carry their digest unless `allow_unverified`."""
     path = os.fspath(path)
     fs, where = url_to_fs(path)
     if not fs.isfile(where):
@@ -159,7 +129,7 @@ def safe_load(path: StrPath) -> Any:
             detail = detail or (text.splitlines()[0] if text else type(err).__name__)
             reason = f"not a readable PyTorch file, truncated or corrupt ({type(err).__name__}: {detail[:200]})"
         raise CheckpointError(f"{path}: {reason}") from None
-    _verify_digest(obj, path)
+    _verify_digest(obj, path, allow_unverified)
     return obj
 
 
@@ -187,6 +157,25 @@ def infer_primal_config(state_dict: Mapping[str, Tensor], source: str = "state_d
     if n_blocks == 0:
         raise CheckpointError(f"{source}: no RCAB blocks under 'up_blocks.0'; this is not a DRN primal state_dict")
     return {"scale": scale, "n_feats": n_feats, "n_blocks": n_blocks, "variant": variant_name(scale, n_feats, n_blocks)}
+
+
+def network_mismatch(found: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> str | None:
+    """`checkpoint: <network>; config: <network>` when two LightningModule state dicts hold different networks."""
+    wrong = sorted(found.keys() ^ expected.keys())
+    wrong += [k for k, v in expected.items() if k in found and found[k].shape != v.shape]
+    if not wrong:
+        return None
+
+    def network(state: Mapping[str, Tensor]) -> str:
+        primal, duals = split_lightning_state_dict(state)
+        try:
+            return describe(infer_primal_config(primal)) + ("" if duals else " without dual regressors")
+        except CheckpointError:
+            return f"not a DRN ({len(state)} tensors)"
+
+    sides = network(found), network(expected)
+    detail = f"; differing tensors: {_some(wrong, 3)}" if sides[0] == sides[1] else ""
+    return f"checkpoint: {sides[0]}; config: {sides[1]}{detail}"
 
 
 def _load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str, info: Mapping[str, Any]) -> None:
@@ -245,11 +234,11 @@ def load_official(
 
 
 def _load_pair(
-    primal_state: Any, primal_path: StrPath, dual_path: StrPath | None, variant: str | None, scale: int | None
+    state: Any, path: StrPath, dual: StrPath | None, variant: str | None, scale: int | None, unverified: bool = False
 ) -> Loaded:
-    primal, info = primal_from_state_dict(primal_state, str(primal_path), variant, scale)
-    duals = None if dual_path is None else duals_from_state_dicts(safe_load(dual_path), str(dual_path), info)
-    return primal, duals, info
+    primal, info = primal_from_state_dict(state, str(path), variant, scale)
+    duals = None if dual is None else safe_load(dual, allow_unverified=unverified)
+    return primal, None if duals is None else duals_from_state_dicts(duals, str(dual), info), info
 
 
 def _atomic_save(obj: Any, path: StrPath) -> None:
@@ -262,6 +251,7 @@ def _plain_state_dict(module: nn.Module) -> dict[str, Tensor]:
     state = OrderedDict((k, v.detach().cpu().contiguous().clone()) for k, v in source.items())
     state._metadata = OrderedDict(getattr(source, "_metadata", {}))  # type: ignore[attr-defined]
     state._metadata[DIGEST_KEY] = {"sha256": tensor_digest(state)}  # type: ignore[attr-defined]
+    state._metadata[WRITER_KEY] = 1  # type: ignore[attr-defined]
     return state
 
 
@@ -291,12 +281,17 @@ def split_lightning_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[s
 
 
 def load_weights(
-    path: StrPath, dual_path: StrPath | None = None, *, variant: str | None = None, scale: int | None = None
+    path: StrPath,
+    dual_path: StrPath | None = None,
+    *,
+    variant: str | None = None,
+    scale: int | None = None,
+    allow_unverified: bool = False,
 ) -> Loaded:
     """Load either the authors' `.pt` pair or one of our Lightning `.ckpt` files, whichever `path` is."""
-    obj = safe_load(path)
+    obj = safe_load(path, allow_unverified=allow_unverified)
     if not (isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping)):
-        return _load_pair(obj, path, dual_path, variant, scale)
+        return _load_pair(obj, path, dual_path, variant, scale, allow_unverified)
     primal_state, dual_states = split_lightning_state_dict(obj["state_dict"])
     if not primal_state:
         raise CheckpointError(f"{path}: Lightning checkpoint without 'primal.*' weights")
@@ -308,7 +303,8 @@ def official_to_checkpoint(
     primal: nn.Module, duals: nn.ModuleList | None, info: Mapping[str, Any], ckpt_path: StrPath
 ) -> None:
     """Write a minimal Lightning-style checkpoint (weights + hyper-parameters) that our tools load."""
-    state = {PRIMAL_PREFIX + k: v for k, v in _plain_state_dict(primal).items()}
+    state = OrderedDict((PRIMAL_PREFIX + k, v) for k, v in _plain_state_dict(primal).items())
+    state._metadata = OrderedDict()  # type: ignore[attr-defined]  # with_digest marks it
     for idx, dual in enumerate(duals or []):
         state.update({f"{DUALS_PREFIX}{idx}.{k}": v for k, v in _plain_state_dict(dual).items()})
     hparams = {k: info[k] for k in ("variant", "scale", "n_feats", "n_blocks")}

@@ -15,9 +15,8 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint, RichProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
-from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
@@ -92,8 +91,9 @@ class ImageGridLogger(pl.Callback):
         grids, self._grids = self._grids, []
         step = trainer.global_step
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("val/images", [g for _, g in grids], step, caption=[n for n, _ in grids])
+            if isinstance(logger, WandbLogger):  # one key per image: W&B wants equal sizes within one key
+                for name, grid in grids:
+                    logger.log_image(f"val/images/{name}", [grid], step)
             elif isinstance(logger, TensorBoardLogger):
                 for name, grid in grids:
                     logger.experiment.add_image(f"val/{name}", grid, step, dataformats="HWC")
@@ -104,20 +104,73 @@ class ImageGridLogger(pl.Callback):
                     Image.fromarray(grid).save(folder / f"{name}_step{step:07d}.png")
 
 
-class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint confined to `dirpath`, so a crafted checkpoint cannot delete anything else (reliability.md)."""
+class ProgressBar(RichProgressBar):
+    """Rich progress bar without the logger's `v_num`, which reads `0.000` beside the loss."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
+def _progress(count: int, completed: int | None = None) -> dict[str, int]:
+    done = count if completed is None else completed
+    return {"ready": count, "started": count, "processed": count, "completed": done}
+
+
+def at_step_boundary(checkpoint: dict[str, Any]) -> None:
+    """The fit loop's progress in a checkpoint rewritten as one of two states Lightning 2.6 resumes exactly: mid-epoch
+    as when its last batch ended, or between two epochs. Saved after an epoch's batches (validation, epoch end, train
+    end, a stop there), Lightning resumes one epoch ahead when `max_steps` is set (docs/library_internals.md)."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
+    if not (epochs and batches):
+        return
+    now, total = batches["current"], batches["total"]["processed"]
+    if now["processed"] and not batches["is_last_batch"]:  # mid-epoch (`max_steps` may have cut it short)
+        epoch, done = epochs["current"]["ready"] - 1, now["processed"]
+        stepped = loop.get("epoch_loop.state_dict", {})
+        if now["completed"] == done and "_batches_that_stepped" in stepped:  # counted after the batch's hooks
+            stepped["_batches_that_stepped"] -= 1
+        batches.update(total=_progress(total, total - 1), current=_progress(done, done - 1))
+        epoch_state = {"ready": epoch + 1, "started": epoch + 1, "processed": epoch, "completed": epoch}
+    else:  # the epoch's batches all trained (or none of the next epoch's yet)
+        epoch = epochs["current"]["ready"] if now["processed"] else epochs["current"]["processed"]
+        batches.update(total=_progress(total), current=_progress(0), is_last_batch=False)
+        if "epoch_loop.val_loop.batch_progress" in loop:
+            loop["epoch_loop.val_loop.batch_progress"]["total"] = _progress(0)  # as at an epoch's start
+        epoch_state = _progress(epoch)
+    epochs.update(total=dict(epoch_state), current=dict(epoch_state))
+    checkpoint["epoch"] = epoch_state["completed"]
+
+
+class StepBoundaryStates(pl.Callback):
+    """Every checkpoint saved or resumed is a state at a step boundary (`at_step_boundary`)."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        at_step_boundary(checkpoint)
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        at_step_boundary(checkpoint)  # also a file written before this fix; Lightning restores the loops after this
+
+
+class RunCheckpoint(StepBoundaryStates, ModelCheckpoint):
+    """ModelCheckpoint that forgets restored paths outside `dirpath` (its deletions go through AtomicCheckpointIO) and
+    writes `last` at the end of every fit (Lightning: only in a process that has saved nothing yet)."""
 
     def __init__(self, *args: Any, save_on_train_end: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.save_on_train_end = save_on_train_end  # False: a periodic last.ckpt beside the main callback's
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.save_on_train_end:
-            super().on_train_end(trainer, pl_module)
+        """The final state, so an uninterrupted run and a resumed one end with the same `last.ckpt`."""
+        if self.save_on_train_end and self.save_last:
+            self.last_model_path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+            trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        self._trainer = trainer  # its ckpt_path names the file whose state load_state_dict receives
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        self.restored_from = trainer.ckpt_path  # the file whose state load_state_dict receives next, for its warning
 
     def _inside(self, path: Any) -> bool:
         """Whether `path` is strictly inside this callback's folder, symlinks and `..` resolved."""
@@ -138,19 +191,15 @@ class RunCheckpoint(ModelCheckpoint):
             state.update(best_k_models={}, kth_best_model_path="", best_model_score=None)
             state.pop("kth_value", None)
         if dropped:
-            source = getattr(getattr(self, "_trainer", None), "ckpt_path", None) or "checkpoint"
+            source = getattr(self, "restored_from", None) or "checkpoint"
             log.warning("%s: ignored paths outside the checkpoint folder %s: %s", source, self.dirpath, dropped)
         super().load_state_dict(state)
 
-    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        if self._inside(filepath) and not os.path.isdir(filepath):
-            super()._remove_checkpoint(trainer, filepath)
-        elif trainer.is_global_zero:
-            log.warning("%s: not removed: not a file inside the checkpoint folder %s", filepath, self.dirpath)
 
-
-class PreemptionCheckpoint(OnExceptionCheckpoint):
-    """On SIGTERM or `signals`: `last.ckpt` at a step boundary, then the replaced handler; a NaN loss saves nothing."""
+class PreemptionCheckpoint(StepBoundaryStates, OnExceptionCheckpoint):
+    """On SIGTERM or `signals`: `last.ckpt` at the next step boundary (validation's end under DDP), then the handler of
+    `signals` it replaced; a NaN loss saves nothing. The handlers only note the signal and all ranks agree at the same
+    point (Lightning's SIGTERM handler broadcasts in the handler: DDP ranks caught in another collective hang)."""
 
     def __init__(
         self,
@@ -163,29 +212,44 @@ class PreemptionCheckpoint(OnExceptionCheckpoint):
         self._replaced: dict[signal.Signals, Any] = {}
         self.received: signal.Signals | None = None
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or threading.current_thread() is not threading.main_thread():
-            return
-        for signum in self.signals:
-            self._replaced[signum] = signal.signal(signum, self._as_sigterm)
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """After Lightning installed its handlers (SLURM auto-requeue), which are then called after our save."""
+        if threading.current_thread() is threading.main_thread():
+            self._replaced = {s: signal.signal(s, self._note) for s in {signal.SIGTERM, *self.signals}}
 
-    def _as_sigterm(self, signum: int, frame: Any) -> None:
-        self.received = signal.Signals(signum)
-        signal.raise_signal(signal.SIGTERM)  # Lightning's graceful stop, on every rank
+    def _note(self, signum: int, frame: Any) -> None:
+        self.received = self.received or signal.Signals(signum)
 
-    def _pass_on(self, trainer: pl.Trainer) -> None:
-        previous = self._replaced.get(self.received) if self.received is not None else None
+    def _stop_if_signalled(self, trainer: pl.Trainer) -> None:
+        """Every rank stops here if any rank was signalled (one all-reduce under DDP, none on one device)."""
+        if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            self.received = self.received or signal.SIGTERM  # another rank's signal
+            raise SIGTERMException
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._stop_if_signalled(trainer)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.world_size == 1:  # DDP ranks may hold different numbers of validation images
+            self._stop_if_signalled(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_signalled(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_signalled(trainer)
+
+    def _pass_on(self) -> None:
+        """The SIGUSR1/SIGUSR2 handler we replaced, now at a step boundary: submitit's or Lightning's SLURM requeue
+        (Lightning's SIGTERM handler is not: it would broadcast while the ranks exit)."""
+        previous = self._replaced.get(self.received) if self.received in self.signals else None
         if callable(previous):
-            previous(self.received, None)  # e.g. submitit requeues the job with the same overrides
-            return
-        env = trainer._accelerator_connector.cluster_environment
-        if isinstance(env, SLURMEnvironment) and env.auto_requeue and self.received == env.requeue_signal:
-            # what Lightning's SLURM handler would have done mid-step: its (now consistent) hpc checkpoint, requeue
-            trainer._signal_connector._slurm_sigusr_handler_fn(self.received, None)  # type: ignore[arg-type]
+            previous(self.received, None)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return
+        exception.signal = self.received or signal.SIGTERM  # type: ignore[attr-defined]  # named by failure_message
         main = main_checkpoint(trainer)
         folder = str(self.dirpath or checkpoint_folder(trainer))
         target = os.path.join(folder, f"{self.filename}.ckpt")  # a string: an fsspec URL (s3://...) stays one
@@ -195,7 +259,7 @@ class PreemptionCheckpoint(OnExceptionCheckpoint):
         if trainer.is_global_zero:
             name = (self.received or signal.SIGTERM).name
             log.warning("%s: saved checkpoint at global step %d to %s", name, trainer.global_step, target)
-        self._pass_on(trainer)
+        self._pass_on()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Keep the checkpoint (OnExceptionCheckpoint removes its file here); put back the replaced handlers."""

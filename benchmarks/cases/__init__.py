@@ -1,0 +1,1 @@
+"""One module per benchmark case: `case_*` functions run in a fresh child process, `section` schedules them."""
