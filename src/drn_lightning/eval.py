@@ -22,7 +22,6 @@ from drn_lightning.metrics import PSNRY, SSIMY
 from drn_lightning.models import load_weights
 from drn_lightning.models.weights import check_finite
 from drn_lightning.ops.imresize import imresize
-from drn_lightning.options import OptionError
 from drn_lightning.report import print_table
 from drn_lightning.training.config import as_typed, entry_point, unwritable_reason
 
@@ -143,7 +142,7 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
 
 def failure_line(cfg: DictConfig, err: Exception) -> str:
     """The one `error:` line of a user error: an OptionError under the option as typed, else the file named."""
-    return f"error: {as_typed(cfg, err) if isinstance(err, OptionError) else err}"
+    return f"error: {as_typed(cfg, err)}"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

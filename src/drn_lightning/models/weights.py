@@ -159,10 +159,16 @@ def infer_primal_config(state_dict: Mapping[str, Tensor], source: str = "state_d
     return {"scale": scale, "n_feats": n_feats, "n_blocks": n_blocks, "variant": variant_name(scale, n_feats, n_blocks)}
 
 
+def _differences(own: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, mis-shaped) keys of `given` against `own`: what a strict load would reject."""
+    missing, unexpected = sorted(own.keys() - given.keys()), sorted(given.keys() - own.keys())
+    return missing, unexpected, [k for k, v in own.items() if k in given and given[k].shape != v.shape]
+
+
 def network_mismatch(found: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> str | None:
     """`checkpoint: <network>; config: <network>` when two LightningModule state dicts hold different networks."""
-    wrong = sorted(found.keys() ^ expected.keys())
-    wrong += [k for k, v in expected.items() if k in found and found[k].shape != v.shape]
+    missing, unexpected, reshaped = _differences(expected, found)
+    wrong = sorted(missing + unexpected) + reshaped
     if not wrong:
         return None
 
@@ -181,13 +187,8 @@ def network_mismatch(found: Mapping[str, Tensor], expected: Mapping[str, Tensor]
 def _load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str, info: Mapping[str, Any]) -> None:
     """Strict load whose error lists a few missing/unexpected/mis-shaped keys instead of a wall of text."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = [
-        f"{k}: expected {tuple(own[k].shape)}, found {tuple(state_dict[k].shape)}"
-        for k in own
-        if k in state_dict and own[k].shape != state_dict[k].shape
-    ]
+    missing, unexpected, reshaped = _differences(own, state_dict)
+    wrong = [f"{k}: expected {tuple(own[k].shape)}, found {tuple(state_dict[k].shape)}" for k in reshaped]
     problems = (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
     parts = [f"{label}: {_some(items, 5)}" for label, items in problems if items]
     if parts:

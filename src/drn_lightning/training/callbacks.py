@@ -249,7 +249,7 @@ class PreemptionCheckpoint(StepBoundaryStates, OnExceptionCheckpoint):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return
-        exception.signal = self.received or signal.SIGTERM  # type: ignore[attr-defined]  # named by failure_message
+        received = exception.signal = self.received or signal.SIGTERM  # type: ignore[attr-defined]  # failure_message
         main = main_checkpoint(trainer)
         folder = str(self.dirpath or checkpoint_folder(trainer))
         target = os.path.join(folder, f"{self.filename}.ckpt")  # a string: an fsspec URL (s3://...) stays one
@@ -257,8 +257,7 @@ class PreemptionCheckpoint(StepBoundaryStates, OnExceptionCheckpoint):
             main.last_model_path = target  # its `last`: overwritten after the resume, not kept beside last-v1.ckpt
         trainer.save_checkpoint(target)
         if trainer.is_global_zero:
-            name = (self.received or signal.SIGTERM).name
-            log.warning("%s: saved checkpoint at global step %d to %s", name, trainer.global_step, target)
+            log.warning("%s: saved checkpoint at global step %d to %s", received.name, trainer.global_step, target)
         self._pass_on()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -44,9 +44,11 @@ def leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any, DictConfig | None
                 yield f"{prefix}[{index}]", item, None
 
 
-def as_typed(cfg: DictConfig, err: OptionError, under: str = "") -> OptionError:
-    """The error under the key a user types: the leaf under `under` named `err.key` holding `err.value`, or the
-    option its `${interpolation}` points at (`model.net.scale=${scale}` -> `scale`)."""
+def as_typed(cfg: DictConfig, err: BaseException, under: str = "") -> BaseException:
+    """An OptionError under the key a user types: the leaf under `under` named `err.key` holding `err.value`, or the
+    option its `${interpolation}` points at (`model.net.scale=${scale}` -> `scale`); any other error as it is."""
+    if not isinstance(err, OptionError):
+        return err
     for key, value, parent in leaves(OmegaConf.select(cfg, under) if under else cfg, under):
         leaf = key.rsplit(".", 1)[-1]
         if (key == err.key or key.endswith(f".{err.key}")) and value == err.value and parent is not None:
@@ -64,7 +66,7 @@ def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
         cause: BaseException = err
         while isinstance(cause, InstantiationException) and cause.__cause__ is not None:  # nested `_target_`s
             cause = cause.__cause__
-        raise (as_typed(cfg, cause, key) if isinstance(cause, OptionError) else cause) from None
+        raise as_typed(cfg, cause, key) from None
 
 
 def _missing(node: DictConfig, prefix: str = "") -> Iterator[str]:
@@ -141,11 +143,8 @@ def entry_point(task: Callable[[], Any], config_name: str) -> None:
     try:
         task()
     except ConfigCompositionException as err:
-        key = str(getattr(err.__cause__, "full_key", "") or "")
-        if not key:
-            print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-            sys.exit(2)
-        close = _closest_keys(config_name, key, sys.argv[1:])
+        key = str(getattr(err.__cause__, "full_key", "") or "")  # a mistyped key; else bad syntax and the like
+        close = _closest_keys(config_name, key, sys.argv[1:]) if key else []
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        print(f"error: {key}: no such option{hint}", file=sys.stderr)
+        print(f"error: {f'{key}: no such option{hint}' if key else str(err).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)

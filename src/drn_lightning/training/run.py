@@ -216,7 +216,7 @@ def run_guard(cfg: DictConfig) -> Iterator[None]:
         with run_lock(run_dir):
             yield
     except (ExpectedError, SIGTERMException) as err:
-        message, status = failure_message(as_typed(cfg, err) if isinstance(err, OptionError) else err, run_dir)
+        message, status = failure_message(as_typed(cfg, err), run_dir)
         _to_log_file(f"error: {message}")
         print(f"error: {message}", file=sys.stderr)
         sys.exit(status)
