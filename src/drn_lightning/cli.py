@@ -19,7 +19,7 @@ from drn_lightning.data.io import MAX_IMAGE_PIXELS, UPSCALE_EXTENSIONS, ImageRea
 from drn_lightning.data.prepare import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_data_commands, at_least, progress
 from drn_lightning.data.prepare import DataCommandError as CliError
 from drn_lightning.export import export_model
-from drn_lightning.files import OutputExistsError, atomic_write, claim_output
+from drn_lightning.files import OutputExistsError, atomic_write, claim_output, file_id
 from drn_lightning.inference import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_PASSES, PRECISIONS, load_upscaler
 from drn_lightning.models import SUPPORTED_SCALES, describe, load_weights, official_to_checkpoint, save_official
 
@@ -109,21 +109,12 @@ def _memory_hint(err: BaseException, tile: int | None) -> str:
     return f" (try a smaller tile: --tile {tile // 2})" if tile > 1 else ""
 
 
-def _file_id(path: Path) -> tuple[int, int] | None:
-    """(device, inode): the same file whatever the spelling (links, `..`, case-insensitive names); None if absent."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def _plan_outputs(files: Sequence[Path], args: argparse.Namespace, scale: int) -> list[tuple[Path, Path]]:
     """(input, output) pairs to run: an output that is an input is refused, existing ones skipped unless --overwrite."""
     outputs = [Path(args.output) / name for name in _output_names(files, scale, OUTPUT_FORMATS[args.format])]
-    ids = {_file_id(path) for path in files}
+    ids = {file_id(path) for path in files}
     for output in outputs:  # an input would be overwritten, then upscaled again (`cat.png`, `cat_x4.png`)
-        if _file_id(output) in ids:
+        if file_id(output) in ids:
             inputs = [("INPUT" if path == output else f"INPUT {path}", path) for path in files]
             claim_output(output, inputs=inputs, overwrite=True, instead="an output folder (-o) without inputs")
     todo = []

@@ -45,12 +45,21 @@ class OutputExistsError(ValueError):
     """An output that would replace an existing file or an input of the same command: refused before any work."""
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """One file however spelled: equal (device, inode), or equal resolved paths when one does not exist yet."""
+def file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode): the same file whatever the spelling (links, `..`, case-insensitive names); None if absent."""
     try:
-        return (a.stat().st_dev, a.stat().st_ino) == (b.stat().st_dev, b.stat().st_ino)
+        st = path.stat()
     except OSError:
-        return os.path.normcase(a.resolve()) == os.path.normcase(b.resolve())
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file however spelled: equal `file_id`s, or equal resolved paths when one does not exist yet."""
+    ids = file_id(a), file_id(b)
+    if None not in ids:
+        return ids[0] == ids[1]
+    return os.path.normcase(a.resolve()) == os.path.normcase(b.resolve())
 
 
 def claim_output(
