@@ -29,11 +29,9 @@ _MAX_PIXELS_HINT = "; raise the limit with --max-pixels N if the file is trusted
 
 
 def _one_line(err: BaseException) -> str:
-    """First line of an exception message (our errors already name the file), without a traceback."""
+    """First line of an exception message (our errors already name the file), or its type when it has none."""
     text = str(err).strip()
-    if isinstance(err, KeyError) or not text:
-        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return text.splitlines()[0]
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -42,10 +40,7 @@ def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
     for path in map(Path, inputs):
         if not path.exists():
             raise CliError(f"{path}: input does not exist")
-        try:
-            found = list_images(path, UPSCALE_EXTENSIONS) if path.is_dir() else [path]
-        except ValueError as err:  # a folder without images
-            raise CliError(str(err)) from None
+        found = list_images(path, UPSCALE_EXTENSIONS) if path.is_dir() else [path]  # ValueError: no images
         for left in sorted(set(path.iterdir()) - set(found)) if path.is_dir() else []:
             why = "folder, not searched" if left.is_dir() else "hidden" if left.name[0] == "." else "not an image"
             print(f"skipped {left}: {why}")
@@ -57,9 +52,7 @@ def _prepare_output_dir(out: Path) -> None:
     """Create the output folder and prove it is writable before any model work is spent."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".drn-sr-probe-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
+        tempfile.TemporaryFile(dir=out).close()
     except FileExistsError:
         raise CliError(f"{out}: output path exists and is not a folder (-o)") from None
     except OSError as err:
@@ -102,11 +95,9 @@ def _upscale_one(upscaler: Any, path: Path, output: Path, args: argparse.Namespa
 def _memory_hint(err: BaseException, tile: int | None) -> str:
     """For an out-of-memory error (torch CPU/CUDA allocators, NumPy): the option that lowers the peak."""
     text = str(err).lower()
-    if not (isinstance(err, MemoryError) or "out of memory" in text or "not enough memory" in text):
+    if tile == 1 or not (isinstance(err, MemoryError) or "out of memory" in text or "not enough memory" in text):
         return ""
-    if tile is None:
-        return " (try --tile 256)"
-    return f" (try a smaller tile: --tile {tile // 2})" if tile > 1 else ""
+    return " (try --tile 256)" if tile is None else f" (try a smaller tile: --tile {tile // 2})"
 
 
 def _plan_outputs(files: Sequence[Path], args: argparse.Namespace, scale: int) -> list[tuple[Path, Path]]:
@@ -149,10 +140,8 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     _prepare_output_dir(out_dir)
     if args.dual_weights is not None:  # not needed to upscale, but a mismatched pair is worth an early error
         load_weights(args.weights, args.dual_weights, scale=args.scale, allow_unverified=args.allow_unverified)
-    settings = ("device", "precision", "scale", "tile", "tile_overlap", "tile_passes", "self_ensemble")
-    upscaler = load_upscaler(
-        args.weights, allow_unverified=args.allow_unverified, **{key: getattr(args, key) for key in settings}
-    )
+    keys = ("device", "precision", "scale", "tile", "tile_overlap", "tile_passes", "self_ensemble", "allow_unverified")
+    upscaler = load_upscaler(args.weights, **{key: vars(args)[key] for key in keys})
     print(
         f"{upscaler.info['variant']} x{upscaler.scale} from {args.weights} on {upscaler.device} ({upscaler.precision})"
         + (f", tile {args.tile}+{args.tile_overlap}" if args.tile else "")
@@ -176,10 +165,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     claim_output(args.output, inputs=[("--weights", args.weights)], overwrite=args.overwrite)
     primal, _, info = load_weights(args.weights, scale=args.scale, allow_unverified=args.allow_unverified)
     report = export_model(primal, args.output, args.format, opset=args.opset)
-    what = f"{args.format}" + (f" opset {args.opset}" if args.format == "onnx" else "")
-    print(
-        f"wrote {report.path} ({what}, {describe(info)}; input lr (N, 3, H, W) float 0-255, output sr x{info['scale']})"
-    )
+    what = args.format + (f" opset {args.opset}" if args.format == "onnx" else "") + f", {describe(info)}"
+    print(f"wrote {report.path} ({what}; input lr (N, 3, H, W) float 0-255, output sr x{info['scale']})")
     if report.verified:
         sizes = ", ".join(f"{n}x3x{h}x{w}" for n, h, w in report.max_abs_diff)
         print(f"verified against eager PyTorch at {sizes}: max |diff| = {report.worst:.2e} (0-1 scale)")
@@ -194,9 +181,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise CliError("--dual-out only applies when writing the authors' format (OUT not ending in .ckpt)", EXIT_USAGE)
     claim_output(out, inputs=inputs, overwrite=args.overwrite)
     primal, duals, info = load_weights(args.input, args.dual, allow_unverified=args.allow_unverified)
-    print(
-        f"found {describe(info)} in {args.input}" + (f" with {len(duals)} dual models" if duals else ", no dual models")
-    )
+    found = f" with {len(duals)} dual models" if duals else ", no dual models"
+    print(f"found {describe(info)} in {args.input}{found}")
     dual_out = Path(args.dual_out or out.with_name(f"{out.stem}_dual_model{out.suffix or '.pt'}"))
     if duals is not None and out.suffix != ".ckpt":  # both files claimed before either is written
         claim_output(dual_out, inputs=[*inputs, ("-o", out)], overwrite=args.overwrite, option="--dual-out")
@@ -225,24 +211,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `drn-sr` argument parser (exposed so docs and tests can inspect the options)."""
-    parser = argparse.ArgumentParser(
-        prog="drn-sr", description="Super-resolve images with DRN (Dual Regression Networks, CVPR 2020)."
-    )
+    parser = argparse.ArgumentParser(prog="drn-sr", description="Upscale images with DRN (Dual Regression Networks).")
     parser.add_argument("--version", action="version", version=f"drn-sr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{upscale,export,convert,info,data}")
     unverified = argparse.ArgumentParser(add_help=False)
-    unverified.add_argument(
-        "--allow-unverified", action="store_true", help="load our own file even though its SHA-256 digest was removed"
-    )
+    unverified.add_argument("--allow-unverified", action="store_true", help="load our file without its SHA-256 digest")
     model = argparse.ArgumentParser(add_help=False, parents=[unverified])  # options of the model commands, once
     add = model.add_argument
     add("--weights", required=True, metavar="FILE", help="authors' .pt primal or our .ckpt")
     add("--scale", type=int, choices=SUPPORTED_SCALES, help="fail unless the weights upscale by this factor")
     up = sub.add_parser(
-        "upscale",
-        parents=[model],
-        help="upscale image files and folders",
-        description="Upscale images; writes {stem}_x{scale}.{format}.",
+        "upscale", parents=[model], help="upscale images and folders", description="Writes {stem}_x{scale}.{format}."
     )
     up.set_defaults(handler=_cmd_upscale)
     add, positive = up.add_argument, at_least(1)
@@ -262,19 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive,
         default=DEFAULT_TILE_PASSES,
         metavar="K",
-        help="passes sharing channel-attention statistics across tiles; 1 is fastest, 2 (default) matches "
-        "whole-image output closely",
+        help="channel-attention passes over the tiles; 1 is fastest, 2 matches whole images (default: %(default)s)",
     )
     add("--overwrite", action="store_true", help="replace existing outputs (default: skip them with a message)")
     add("--self-ensemble", action="store_true", help="average the 8 flips/transposes (8x slower, slightly higher PSNR)")
     add("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N] (default: auto)")
     add("--precision", default="fp32", choices=PRECISIONS, help="autocast precision; fp16 needs CUDA (default: fp32)")
-    add(
-        "--format",
-        default="png",
-        choices=tuple(OUTPUT_FORMATS),
-        help="output format (default: png; webp is lossless, jpg quality 95)",
-    )
+    add("--format", default="png", choices=OUTPUT_FORMATS, help="webp is lossless, jpg quality 95 (default: png)")
     add(
         "--max-pixels",
         type=positive,
@@ -294,9 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = cv.add_argument
     add("input", metavar="IN", help="authors' primal .pt, or our .ckpt")
     add("--dual", metavar="IN_DUAL", help="authors' dual .pt (when IN is the authors' primal)")
-    add(
-        "-o", "--output", required=True, metavar="OUT", help="OUT.ckpt: our checkpoint; any other name: authors' primal"
-    )
+    add("-o", "--output", required=True, metavar="OUT", help="OUT.ckpt: our checkpoint, else the authors' primal")
     add("--dual-out", metavar="FILE", help="authors' dual file (default: <OUT stem>_dual_model.pt next to OUT)")
     add("--overwrite", action="store_true", help="replace OUT and --dual-out if they exist (never IN)")
     inf = sub.add_parser("info", parents=[unverified], help="print variant, scale and size of a weights file")

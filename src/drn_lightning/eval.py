@@ -19,8 +19,7 @@ from drn_lightning.files import claim_output, write_json
 from drn_lightning.inference import Upscaler as ModelUpscaler
 from drn_lightning.inference import resolve_device
 from drn_lightning.metrics import PSNRY, SSIMY
-from drn_lightning.models import load_weights
-from drn_lightning.models.weights import check_finite
+from drn_lightning.models import check_finite, load_weights
 from drn_lightning.ops.imresize import imresize
 from drn_lightning.report import print_table
 from drn_lightning.training.config import as_typed, entry_point, unwritable_reason
@@ -131,13 +130,11 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         upscaler = model_upscaler(primal.eval().to(device), bool(cfg.self_ensemble), cfg.get("tile"))
         title = f"{cfg.model.name} x{scale} ({cfg.weights})"
     title += "" if degradation == "bicubic" else f", {degradation} LR"
-    results = evaluate(upscaler, datasets, scale, device, bool(cfg.round_y))
-    rows = [
-        (name, f"x{scale}", f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", str(r["images"])) for name, r in results.items()
-    ]
+    scores = evaluate(upscaler, datasets, scale, device, bool(cfg.round_y))
+    rows = [(name, f"x{scale}", f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", str(r["images"])) for name, r in scores.items()]
     print_table(title, ("set", "scale", "PSNR (dB)", "SSIM", "images"), rows)
-    print(f"results: {write_json(results, out)}")
-    return results
+    print(f"results: {write_json(scores, out)}")
+    return scores
 
 
 def failure_line(cfg: DictConfig, err: Exception) -> str:

@@ -79,9 +79,7 @@ def _export_onnx(wrapper: nn.Module, path: Path, opset: int) -> Callable[[Tensor
         axes = {"lr": {0: "batch", 2: "height", 3: "width"}, "sr": {0: "batch", 2: "out_height", 3: "out_width"}}
         dynamic: dict[str, Any] = {"dynamo": False, "dynamic_axes": axes}
     else:
-        from torch.export import Dim
-
-        shapes = {"lr": {0: Dim("batch"), 2: Dim("height"), 3: Dim("width")}}
+        shapes = {"lr": {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}}
         dynamic = {"dynamo": True, "dynamic_shapes": shapes, "verbose": False}
     with _quiet():
         torch.onnx.export(wrapper, (_example(*_EXAMPLE, seed=0),), str(path), **common, **dynamic)

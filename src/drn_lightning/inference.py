@@ -39,19 +39,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def _check_precision(precision: str, device: torch.device) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} (--precision) is unknown; choose one of {list(PRECISIONS)}")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError(
-            f"precision='fp16' (--precision fp16) needs a CUDA device, but the device is {device.type}; "
-            "use --precision bf16 or fp32 on CPU"
-        )
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("precision='bf16' (--precision bf16) is not supported by this GPU; use fp16 or fp32")
-    return precision
-
-
 class SharedChannelStats:
     """Sums each `ChannelAttention` input over the tiles' cores (a partition), so later passes gate with image-wide means."""
 
@@ -131,8 +118,13 @@ class Upscaler:
                 integer(value, name, minimum)
             except ValueError as err:
                 raise ValueError(f"{err} (--{name.replace('_', '-')})") from None
-        self.device = resolve_device(device)
-        self.precision = _check_precision(str(precision), self.device)
+        self.device, self.precision = resolve_device(device), str(precision)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} (--precision) is unknown; choose one of {list(PRECISIONS)}")
+        if self.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError(f"precision='fp16' (--precision fp16) needs CUDA; use bf16 or fp32 on {self.device.type}")
+        if self.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("precision='bf16' (--precision bf16) is not supported by this GPU; use fp16 or fp32")
         self.tile, self.tile_overlap, self.tile_passes = tile, tile_overlap, tile_passes
         self.self_ensemble = bool(self_ensemble)
         self.info = {"scale": self.scale, **(info or {})}
@@ -268,17 +260,11 @@ def load_upscaler(
 
 
 def upscale(
-    image: Any,
-    weights: str | os.PathLike[str] | None = None,
-    *,
-    model: nn.Module | None = None,
-    scale: int | None = None,
-    **settings: Any,
+    image: Any, weights: str | os.PathLike[str] | None = None, *, model: nn.Module | None = None, **settings: Any
 ) -> Any:
     """One image in, the same kind out (float tensors unrounded); `weights` load on every call: reuse an `Upscaler`."""
-    if (weights is None) == (model is None):
-        raise ValueError("give exactly one of weights=PATH (.pt or .ckpt) or model=<nn.Module>")
-    if weights is not None:
-        return load_upscaler(weights, scale=scale, **settings)(image)
-    assert model is not None
-    return Upscaler(model, scale=scale, **settings)(image)
+    if weights is not None and model is None:
+        return load_upscaler(weights, **settings)(image)
+    if model is not None and weights is None:
+        return Upscaler(model, **settings)(image)
+    raise ValueError("give exactly one of weights=PATH (.pt or .ckpt) or model=<nn.Module>")

@@ -26,13 +26,8 @@ class OptionError(ExpectedError, ValueError):
         self.key, self.value, self.reason = key, value, reason
 
     def __str__(self) -> str:
-        shown = (
-            "null"
-            if self.value is None
-            else str(self.value).lower()
-            if isinstance(self.value, bool)
-            else repr(self.value)
-        )
+        value = self.value  # shown as a config spells it: null, true, false, 'text'
+        shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
         return f"{self.key}={shown}: {self.reason}"
 
 

@@ -64,12 +64,13 @@ def collect_runs(
 
 def summarize(rows: list[dict[str, Any]], x_key: str = DEFAULT_X, by: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Mean, sample std (0 for one run) and count of every score over the rows sharing `by` and `x_key`: over seeds."""
+    keys = (*by, x_key)
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault(tuple(row.get(k) for k in (*by, x_key)), []).append(row)
+        groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
     summary = []
     for values, members in groups.items():
-        entry: dict[str, Any] = dict(zip((*by, x_key), values))
+        entry: dict[str, Any] = dict(zip(keys, values))
         entry["runs"] = len(members)
         scored = (k for r in members for k in r if k == "val_psnr" or k.endswith(("/psnr", "/ssim", "/bicubic_psnr")))
         for column in dict.fromkeys(scored):
@@ -78,9 +79,7 @@ def summarize(rows: list[dict[str, Any]], x_key: str = DEFAULT_X, by: Sequence[s
                 entry[column] = statistics.fmean(scores)
                 entry[f"{column}_std"] = statistics.stdev(scores) if len(scores) > 1 else 0.0
         summary.append(entry)
-    return sorted(
-        summary, key=lambda e: tuple((e[k] is None, str(e[k]) if k in by else e[k] or 0) for k in (*by, x_key))
-    )
+    return sorted(summary, key=lambda e: tuple((e[k] is None, str(e[k]) if k in by else e[k] or 0) for k in keys))
 
 
 def set_names(rows: list[dict[str, Any]]) -> list[str]:

@@ -1,11 +1,5 @@
 """The Lightning DataModule: training batches mixing paired and unpaired samples at an exact ratio, and whole-image
-validation sets, from the dataset factories a config names (`conf/data/*.yaml`, `_partial_: true`).
-
-The DataModule calls each factory with `scale` (and `patch_size` for training data) when it is built, so a bad option
-fails before training starts; `prepare_data` (once per node) writes missing LR levels and the npy store, `setup` (every
-rank) reads the folders. A validation set whose folder is missing is left out with a warning. The train loader's
-`MixedBatchSampler` shards each global batch itself, so the Trainer runs with ``use_distributed_sampler=False``.
-"""
+validation sets, from the dataset factories a config names (`conf/data/*.yaml`, `_partial_: true`)."""
 
 from __future__ import annotations
 
@@ -31,18 +25,15 @@ class ShardSampler(Sampler[int]):
     pads with, which would bias the validation mean (torchmetrics syncs sums and counts, so it stays exact)."""
 
     def __init__(self, length: int, num_replicas: int = 1, rank: int = 0) -> None:
-        """Remember the set size and this rank's position."""
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"need 0 <= rank < num_replicas, got rank={rank}, num_replicas={num_replicas}")
-        self.length, self.num_replicas, self.rank = int(length), int(num_replicas), int(rank)
+        self.indices = range(int(rank), int(length), int(num_replicas))
 
     def __iter__(self) -> Iterator[int]:
-        """This rank's indices in order."""
-        return iter(range(self.rank, self.length, self.num_replicas))
+        return iter(self.indices)
 
     def __len__(self) -> int:
-        """How many items this rank evaluates."""
-        return len(range(self.rank, self.length, self.num_replicas))
+        return len(self.indices)
 
 
 class ResumableLoader(DataLoader[Any]):
@@ -50,16 +41,11 @@ class ResumableLoader(DataLoader[Any]):
     ahead in a sized loader, so that is batches trained on), and its sampler restarts the epoch there (`start_at`)."""
 
     batch_sampler: MixedBatchSampler
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._yielded = 0
-        self._resume: dict[str, int] | None = None
+    _yielded = 0
+    _resume: dict[str, int] | None = None
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        return self._batches()  # read at the first batch: Lightning calls set_epoch after creating the iterator
-
-    def _batches(self) -> Iterator[Any]:
+        """A generator, so it reads the sampler's epoch at the first batch: Lightning calls set_epoch after iter()."""
         start, self._resume = self._resume, None
         self._yielded, epoch = 0, self.batch_sampler.epoch
         if start is not None and start["batches"] < len(self.batch_sampler):  # else saved at its epoch's end
@@ -82,12 +68,6 @@ class ResumableLoader(DataLoader[Any]):
     def load_state_dict(self, state_dict: Mapping[str, int]) -> None:
         """Called by Lightning before the resumed epoch's iterator is created."""
         self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
-
-
-def _named(name: str, dataset: Dataset[Any]) -> str:
-    """A validation set's name in metrics and reports: `Set5`, or `Set5_nearest` for LR made another way."""
-    degradation = getattr(dataset, "degradation", "bicubic")
-    return name if degradation == "bicubic" or name.endswith(f"_{degradation}") else f"{name}_{degradation}"
 
 
 class SRDataModule(pl.LightningDataModule):
@@ -133,10 +113,14 @@ class SRDataModule(pl.LightningDataModule):
             log.info("unpaired data given but unpaired_ratio is 0: it is not used")
         self._train_loader: ResumableLoader | None = None
         self._resume: dict[str, int] | None = None
-        built = {
-            name: ds(scale=scale) if callable(ds) else ds for name, ds in (val_sets or {}).items() if ds is not None
-        }
-        self.val_datasets = {_named(name, ds): ds for name, ds in built.items()}  # an entry set to null is left out
+        self.val_datasets: dict[str, Dataset[Any]] = {}
+        for name, val_set in (val_sets or {}).items():
+            if val_set is None:  # an entry set to null is left out
+                continue
+            built = val_set(scale=scale) if callable(val_set) else val_set
+            degradation = getattr(built, "degradation", "bicubic")  # named `Set5_nearest` for LR made another way
+            suffix = "" if degradation == "bicubic" or name.endswith(f"_{degradation}") else f"_{degradation}"
+            self.val_datasets[name + suffix] = built
 
     def _call(self, hook: str) -> None:
         """`hook` of every dataset having it; a validation set whose folder is missing is left out with a warning."""
@@ -159,37 +143,29 @@ class SRDataModule(pl.LightningDataModule):
 
     @property
     def val_set_names(self) -> list[str]:
-        """Validation set names, in loader order: they key the logged metrics (`val/<name>/psnr`); known from the
-        config when built, a set whose folder is missing dropped in setup."""
+        """In loader order, keying the logged metrics (`val/<name>/psnr`); setup drops a set whose folder is missing."""
         return list(self.val_datasets)
 
     def _rank_and_world(self) -> tuple[int, int]:
+        """Our samplers shard the data themselves: the Trainer runs with ``use_distributed_sampler=False``."""
         trainer = self.trainer
-        if trainer is None:
-            return 0, 1
-        return int(trainer.global_rank), int(trainer.world_size)  # the trainer has use_distributed_sampler: false
+        return (0, 1) if trainer is None else (int(trainer.global_rank), int(trainer.world_size))
 
     def _loader_options(self, num_workers: int) -> dict[str, Any]:
         """Shared DataLoader options; pin memory only when there is a GPU to pin for."""
         persistent = {"persistent_workers": self.persistent_workers} if num_workers > 0 else {}
         return {"num_workers": num_workers, "pin_memory": self.pin_memory and torch.cuda.is_available(), **persistent}
 
-    def rank_batch_size(self, world: int) -> int:
-        """Samples per rank per step: `batch_size`, or its share of it with `global_batch`."""
-        if not self.global_batch:
-            return self.batch_size
-        if self.batch_size % world:
-            raise OptionError("batch_size", self.batch_size, f"(global_batch=true) does not split over {world} ranks")
-        return self.batch_size // world
-
     def train_dataloader(self) -> ResumableLoader:
         """Mixed paired/unpaired batches, sharded per rank; crops and flips come from each sample's seed."""
         rank, world = self._rank_and_world()
         parts = [self.train_dataset] + ([self.unpaired_dataset] if self.unpaired_dataset is not None else [])
+        if self.global_batch and self.batch_size % world:
+            raise OptionError("batch_size", self.batch_size, f"(global_batch=true) does not split over {world} ranks")
         sampler = MixedBatchSampler(
             n_paired=len(self.train_dataset),  # type: ignore[arg-type]
             n_unpaired=len(self.unpaired_dataset) if self.unpaired_dataset is not None else 0,  # type: ignore[arg-type]
-            batch_size=self.rank_batch_size(world),
+            batch_size=self.batch_size // world if self.global_batch else self.batch_size,
             unpaired_ratio=self.unpaired_ratio,
             num_batches=self.steps_per_epoch,
             num_replicas=world,
@@ -199,9 +175,8 @@ class SRDataModule(pl.LightningDataModule):
         )
         if self.trainer is not None:
             sampler.set_epoch(int(self.trainer.current_epoch))
-            sampler.repeat_epoch = bool(
-                getattr(self.trainer, "overfit_batches", 0)
-            )  # debug=overfit: the same batches every epoch
+            # debug=overfit: the same batches every epoch
+            sampler.repeat_epoch = bool(getattr(self.trainer, "overfit_batches", 0))
         generator = torch.Generator().manual_seed(self.seed * 100_003 + rank)  # seeds the workers' global RNGs only
         loader = ResumableLoader(
             KeyedConcatDataset(parts),
@@ -220,7 +195,7 @@ class SRDataModule(pl.LightningDataModule):
         return self._train_loader.state_dict() if self._train_loader is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restored before the train loader is built, unlike the fit loop's copy (`estimated_stepping_batches` builds it)."""
+        """Restored before `estimated_stepping_batches` builds the train loader, unlike the fit loop's copy of it."""
         self._resume = dict(state_dict) if state_dict else None
 
     def val_dataloader(self) -> list[DataLoader[Any]]:

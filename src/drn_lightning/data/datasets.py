@@ -1,20 +1,9 @@
-"""Folder-based SR datasets producing DRN's multi-level samples.
+"""Folder SR datasets. A sample is this dict, which a dataset of your own returns too (benchmarks add "set": str):
 
-Every sample is a dict the training module consumes as is::
-
-    {"lr": [coarsest, ..., finest LR]   # x4 -> [p/4, p/2], x8 -> [p/8, p/4, p/2], x2 -> [p/2]
-     "hr": Tensor (3, p, p),            # float32, 0-255
-     "paired": Tensor(bool),            # scalar; False = only lr[0] is real data
-     "name": str}                       # source file name, for error messages
-
-Unpaired samples carry zeros in place of the missing levels and HR, so PyTorch's default collate batches them with
-paired ones. Benchmark samples are whole images (batch 1) and add ``"set": str``. A new dataset is any class
-returning these dicts, referenced by ``_target_`` in a ``conf/data`` file.
-
-Constructors check options (and that a folder given as a path exists); ``setup()`` lists the folders and checks each
-file's header; ``prepare()`` (``prepare_data``: once per node, before training) writes what is missing under
-``cache_dir``: LR levels (MATLAB bicubic) and the npy store. Used alone, a dataset sets itself up on first use. Folder
-arguments take a path, or a callable returning one (the demo photos are written on first use).
+{"lr": [coarsest, ..., finest LR],  # x4 -> sizes [p/4, p/2], x8 -> [p/8, p/4, p/2], x2 -> [p/2]
+ "hr": Tensor (3, p, p),            # float32 0-255, as are the LR levels
+ "paired": Tensor(bool),            # False: only lr[0] is real, the rest zeros so default collate batches them
+ "name": str}                       # source file name, for error messages
 """
 
 from __future__ import annotations
@@ -42,7 +31,7 @@ from drn_lightning.options import ExpectedError, OptionError, integer, one_of
 log = logging.getLogger(__name__)
 
 Sample = dict[str, Any]
-Folder = str | os.PathLike[str] | Callable[[], str | os.PathLike[str]]
+Folder = str | os.PathLike[str] | Callable[[], str | os.PathLike[str]]  # a callable: a folder written on first use
 # npy: decoding a 2K image's PNGs for one 384 patch costs ~110 ms; memory-mapped .npy files give 352 vs 8.5 samples/s
 # per core (docs/performance.md, "Data loading for 2K images")
 STORES = ("png", "npy")
@@ -80,20 +69,11 @@ def _images(folder: Path) -> list[Path]:
         raise DataError(str(err)) from None
 
 
-def _randint(high: int, rng: torch.Generator | None) -> int:
-    """Uniform in [0, high) from the sample's generator, else torch's global RNG."""
-    return int(torch.randint(high, (1,), generator=rng))
-
-
 def _flipped(arrays: list[np.ndarray], augment: bool, rng: torch.Generator | None) -> list[Tensor]:
     """One random h-flip/v-flip/transpose applied to every level alike, so they stay aligned; float32 0-255 tensors."""
     h, v, t = (torch.rand(3, generator=rng) < 0.5).tolist() if augment else (False, False, False)
-    out = []
-    for a in arrays:
-        a = a[:, ::-1] if h else a
-        a = a[::-1] if v else a
-        out.append(chw(a.transpose(1, 0, 2) if t else a).to(torch.float32))
-    return out
+    flipped = [a[:: -1 if v else 1, :: -1 if h else 1] for a in arrays]
+    return [chw(a.transpose(1, 0, 2) if t else a).to(torch.float32) for a in flipped]
 
 
 def _lr_size(lr: tuple[int, int], hr: tuple[int, int], f: int, s: int, lr_path: Path, hr_path: Path) -> tuple[int, int]:
@@ -110,8 +90,7 @@ def _lr_size(lr: tuple[int, int], hr: tuple[int, int], f: int, s: int, lr_path: 
 
 
 class _FolderDataset(Dataset[Sample]):
-    """What the datasets share: options, the files `setup` keeps, `prepare`, and one image's arrays (mod-cropped HR
-    and LR levels, from LR files, the LR cache or the npy store) with on_bad_file's routing."""
+    """The datasets' shared part: options checked on construction, files by setup() (on first use), prepare()."""
 
     samples_per_epoch: int | None = None
 
@@ -125,12 +104,10 @@ class _FolderDataset(Dataset[Sample]):
         store: str = "png",
         method: str = "bicubic",
     ) -> None:
-        """Check the options every folder dataset takes: `on_bad_file` (raise, or skip an unreadable image with a
-        warning), `cache_in_memory` (decode every image at setup), `max_pixels` (per image, bounds decompression
-        bombs), `cache_dir` (LR levels made from HR, the npy store; default `$XDG_CACHE_HOME/drn_lightning`)."""
+        """on_bad_file='skip' leaves unreadable images out with a warning; max_pixels bounds decompression bombs."""
         self.factors, self.scale = pyramid_factors(scale), int(scale)
         self.on_bad_file = one_of(on_bad_file, "on_bad_file", ON_BAD_FILE_CHOICES)
-        self.cache_in_memory = bool(cache_in_memory)
+        self.cache_in_memory = bool(cache_in_memory)  # decode every image at setup
         self.max_pixels = None if max_pixels is None else integer(max_pixels, "max_pixels", 1)
         home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "drn_lightning"
         self.cache_dir = home if cache_dir is None else Path(cache_dir).expanduser()  # never beside the user's data
@@ -145,9 +122,9 @@ class _FolderDataset(Dataset[Sample]):
 
     def _patch_options(self, patch_size: int, augment: bool, samples_per_epoch: int | None) -> None:
         """Check the training datasets' patch options."""
-        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1 or patch_size % self.scale:
+        self.patch_size, self.augment = integer(patch_size, "patch_size", self.scale), bool(augment)
+        if self.patch_size % self.scale:
             raise OptionError("patch_size", patch_size, f"must be a positive multiple of scale={self.scale}")
-        self.patch_size, self.augment = patch_size, bool(augment)
         epoch = samples_per_epoch
         self.samples_per_epoch = None if epoch is None else integer(epoch, "samples_per_epoch", 1)
 
@@ -155,8 +132,14 @@ class _FolderDataset(Dataset[Sample]):
         """The files to check (filling `lr_files`, `what`)."""
         raise NotImplementedError
 
+    def _skip(self, path: Path, error: Exception) -> None:
+        """Raise `error` (on_bad_file='raise'), or warn that the image is left out."""
+        if self.on_bad_file == "raise":
+            raise error
+        log.warning("skipping unreadable image %s: %s", path, error)
+
     def _each(self, files: list[Path], fn: Callable[[Path], Any]) -> list[tuple[Path, Any]]:
-        """(file, fn(file)) for each file fn does not reject (False); unreadable ones raise, or are warned about."""
+        """(file, fn(file)) for each file fn does not reject (False) and can read (else on_bad_file decides)."""
         kept = []
         with progress(f"{self.what}: reading", len(files), "images", emit=log.info) as advance:
             for path in files:
@@ -164,9 +147,7 @@ class _FolderDataset(Dataset[Sample]):
                 try:
                     result = fn(path)
                 except (ImageReadError, OSError) as exc:
-                    if self.on_bad_file == "raise":
-                        raise
-                    log.warning("skipping unreadable image %s: %s", path, exc)
+                    self._skip(path, exc)
                     continue
                 if result is not False:
                     kept.append((path, result))
@@ -194,15 +175,15 @@ class _FolderDataset(Dataset[Sample]):
         self.setup()
         return self.samples_per_epoch or len(self.files)
 
-    def _key(self, key: int | SampleKey) -> tuple[int, torch.Generator | None]:
-        """(index, None: torch's global RNG), or for an `(index, seed)` key (index, a generator seeded with it)."""
+    def _sample(self, key: int | SampleKey) -> tuple[str, Any, torch.Generator | None]:
+        """(name, arrays, generator) of sample `key`; an `(index, seed)` key seeds the generator, else torch's RNG."""
         index, seed = split_key(key)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        return index, None if seed is None else torch.Generator().manual_seed(seed)
+        return *self.image(index), None if seed is None else torch.Generator().manual_seed(seed)
 
     def image(self, index: int) -> tuple[str, Any]:
-        """(name, arrays) of image `index`, or under on_bad_file='skip' of the next readable one (warned once)."""
+        """(name, arrays) of image `index` (modulo the count), or under on_bad_file='skip' the next readable one."""
         self.setup()
         n = len(self.files)
         for j in (k % n for k in range(index, index + n)):
@@ -210,10 +191,8 @@ class _FolderDataset(Dataset[Sample]):
                 try:
                     return self.files[j].name, self._memory[j] if self._memory else self._load(self.files[j])
                 except (ImageReadError, OSError) as exc:
-                    if self.on_bad_file == "raise":
-                        raise
-                    self._bad.add(j)
-                    log.warning("skipping unreadable image %s: %s", self.files[j], exc)
+                    self._skip(self.files[j], exc)
+                    self._bad.add(j)  # warned once
         raise ImageReadError(f"{self.files[0].parent}: no readable image left")
 
     def _fits(self, path: Path) -> bool:
@@ -234,15 +213,14 @@ class _FolderDataset(Dataset[Sample]):
         return [self.cache_dir / "npy_store" / f"{path.stem}__{key}_{tag}.npy" for tag in tags]
 
     def _load(self, path: Path) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Mod-cropped HR and LR levels: memory-mapped from the npy store (store='npy', written on first use), else
-        decoded, LR files cropped to HR/f, the levels they lack from the LR cache."""
+        """Mod-cropped HR and LR levels: memory-mapped from the npy store (written on first use), else decoded."""
         paths = self._npy_paths(path) if self.store == "npy" else []
         if paths and all(p.is_file() for p in paths):
             hr, *lrs = (np.load(p, mmap_mode="r") for p in paths)  # no decoding; pages shared through the OS cache
             return hr, lrs
         full = read_image(path, self.max_pixels)
         hr, levels = mod_crop(full, self.scale), {}
-        for f, lr_path in self.lr_files[path].items():
+        for f, lr_path in self.lr_files[path].items():  # LR files cropped to HR/f; the levels they lack from the cache
             lr = read_image(lr_path, self.max_pixels)
             h, w = _lr_size(lr.shape[:2], full.shape[:2], f, self.scale, lr_path, path)
             levels[f] = np.ascontiguousarray(lr[:h, :w])
@@ -263,31 +241,23 @@ class _FolderDataset(Dataset[Sample]):
         """Write what the images lack on disk (LR levels, the npy store) once, on worker processes, with progress."""
         try:
             self._scan()
-        except (ExpectedError, ImageReadError, OSError):  # raised by setup() on every rank alike, not on this one alone
+        except (ExpectedError, OSError):  # raised by setup() on every rank alike, not on this one alone
             return
         todo = [p for p in self.files if self._todo(p)]
         if not todo:
             return
-        levels = ", ".join(f"x{f}" for f in self.factors if any(f not in self.lr_files[p] for p in todo))
         method = "MATLAB bicubic" if self.lr_cache.method == "bicubic" else self.lr_cache.method
         made = [f"the npy store in {self.cache_dir / 'npy_store'}"] if self.store == "npy" else []
-        if levels:
+        if levels := ", ".join(f"x{f}" for f in self.factors if any(f not in self.lr_files[p] for p in todo)):
             made.append(f"LR levels {levels} (no LR files) made from the HR with {method} in {self.lr_cache.cache_dir}")
         log.info("%s: writing %s for %d images, once", self.what, " and ".join(made), len(todo))
         for path, error in zip(todo, run_all(todo, self._load, self.what), strict=True):
-            if error and self.on_bad_file == "raise":
-                raise ImageReadError(error)
             if error:
-                log.warning("skipping unreadable image %s: %s", path, error)
+                self._skip(path, ImageReadError(error))
 
 
 class PairedDataset(_FolderDataset):
-    """Random aligned HR/LR-pyramid patches from a DIV2K/DF2K-style folder or an HR-only folder.
-
-    LR level f is read from ``lr_dir/X{f}/{stem}x{f}.png``; a level lr_dir lacks (DIV2K ships no X8), or every level
-    without lr_dir, is made from the HR with MATLAB bicubic and cached as PNGs under ``cache_dir``. ``store='npy'``
-    keeps every image's arrays under ``cache_dir`` as uncompressed .npy files, so a sample reads only its patch.
-    """
+    """Random aligned HR/LR-pyramid patches; LR level f from ``lr_dir/X{f}/{stem}x{f}.png``, else made from the HR."""
 
     def __init__(
         self,
@@ -300,7 +270,6 @@ class PairedDataset(_FolderDataset):
         samples_per_epoch: int | None = None,
         **common: Any,
     ) -> None:
-        """Check the options (`common`: those every folder dataset takes) and that the folders exist."""
         super().__init__(scale, store=store, **common)
         self._patch_options(patch_size, augment, samples_per_epoch)
         self.hr_dir = checked_folder(hr_dir, "hr_dir", DF2K_HINT)
@@ -308,7 +277,7 @@ class PairedDataset(_FolderDataset):
         self.min_size = self.patch_size
 
     def _list(self) -> list[Path]:
-        """The HR files; each has an LR file in every X{f} folder lr_dir holds."""
+        """The HR files; each has an LR file in every X{f} folder lr_dir holds (DIV2K ships no X8)."""
         hr_dir = _path(self.hr_dir)  # type: ignore[arg-type]
         lr_dir = None if self.lr_dir is None else _path(self.lr_dir)
         levels = {f: lr_dir / f"X{f}" for f in self.factors if lr_dir is not None and (lr_dir / f"X{f}").is_dir()}
@@ -321,23 +290,16 @@ class PairedDataset(_FolderDataset):
 
     def __getitem__(self, key: int | SampleKey) -> Sample:
         """A random scale-aligned HR patch and the LR crops under it, flipped alike; an `(index, seed)` key fixes it."""
-        index, rng = self._key(key)
-        name, (hr, lrs) = self.image(index % len(self.files))
+        name, (hr, lrs), rng = self._sample(key)
         p, s = self.patch_size, self.scale
-        y = s * _randint((hr.shape[0] - p) // s + 1, rng)
-        x = s * _randint((hr.shape[1] - p) // s + 1, rng)
+        y, x = (s * int(torch.randint((n - p) // s + 1, (1,), generator=rng)) for n in hr.shape[:2])
         crops = [lr[y // f : (y + p) // f, x // f : (x + p) // f] for lr, f in zip(lrs, self.factors, strict=True)]
         hr_patch, *lr_patches = _flipped([hr[y : y + p, x : x + p], *crops], self.augment, rng)
         return {"lr": lr_patches, "hr": hr_patch, "paired": torch.tensor(True), "name": name}
 
 
 class UnpairedDataset(_FolderDataset):
-    """LR-only patches for DRN's unpaired (dual-regression-only) data.
-
-    Give ``lr_dir`` (real LR images, cropped to ``patch_size / scale``) or ``hr_dir`` (each HR is mod-cropped, degraded
-    in memory at setup by ``degradation``, a ``DEGRADATIONS`` name or a ``(hr, scale) -> lr`` function, and only the LR
-    kept). Samples have ``paired=False``; their finer LR levels and HR are zeros of the right shape.
-    """
+    """LR-only patches (``paired=False``) for DRN's dual regression: from real LR images, or HR degraded at setup."""
 
     def __init__(
         self,
@@ -351,7 +313,7 @@ class UnpairedDataset(_FolderDataset):
         cache_in_memory: bool = True,
         **common: Any,
     ) -> None:
-        """Check the options (`common`: those every folder dataset takes) and that the folder exists."""
+        """`degradation`, for hr_dir: a ``DEGRADATIONS`` name or an ``(hr, scale) -> lr`` function (uint8 in, out)."""
         super().__init__(scale, cache_in_memory=cache_in_memory or hr_dir is not None, **common)
         self._patch_options(patch_size, augment, samples_per_epoch)
         if (lr_dir is None) == (hr_dir is None):
@@ -386,28 +348,22 @@ class UnpairedDataset(_FolderDataset):
         return False
 
     def _load(self, path: Path) -> np.ndarray:  # type: ignore[override]
-        """Decode an LR file, or decode + mod-crop + degrade an HR file (uint8 in, uint8 out)."""
+        """Decode an LR file, or decode + mod-crop + degrade an HR file (only the LR is kept)."""
         image = read_image(path, self.max_pixels)
         return image if self._degrade is None else hwc(self._degrade(chw(mod_crop(image, self.scale)), self.scale))
 
     def __getitem__(self, key: int | SampleKey) -> Sample:
         """A random LR patch with zero placeholders for the levels and HR it lacks; an `(index, seed)` key fixes it."""
-        index, rng = self._key(key)
-        name, image = self.image(index % len(self.files))
+        name, image, rng = self._sample(key)
         q, p = self.lr_patch, self.patch_size
-        y, x = _randint(image.shape[0] - q + 1, rng), _randint(image.shape[1] - q + 1, rng)
+        y, x = (int(torch.randint(n - q + 1, (1,), generator=rng)) for n in image.shape[:2])
         (patch,) = _flipped([image[y : y + q, x : x + q]], self.augment, rng)
         zeros = [torch.zeros(3, p // f, p // f) for f in self.factors[1:]]
         return {"lr": [patch, *zeros], "hr": torch.zeros(3, p, p), "paired": torch.tensor(False), "name": name}
 
 
 class BenchmarkDataset(_FolderDataset):
-    """Whole-image evaluation set (Set5/Set14/B100/Urban100/Manga109/DIV2K-val or a photo folder).
-
-    ``root/set_name`` holds either ``HR/`` (+ optional ``LR_bicubic/X{f}/{stem}x{f}.png``) or the HR images directly.
-    HR is mod-cropped to ``scale``; LR levels come from the files when present (bicubic only), else are made from the
-    uint8 HR with ``degradation`` (uint8 result, like a stored PNG), cached under ``cache_dir``.
-    """
+    """Whole images of ``root/set_name`` (its ``HR/`` + optional ``LR_bicubic/X{f}``, or the images directly)."""
 
     def __init__(
         self,
@@ -419,8 +375,7 @@ class BenchmarkDataset(_FolderDataset):
         images: list[str] | None = None,
         **common: Any,
     ) -> None:
-        """Check the options; `images` (file names or stems, e.g. DIV2K's "0801") keeps those alone, in that order.
-        A missing folder (root or set) is a MissingFolder from setup()."""
+        """`images` (file names or stems, e.g. DIV2K's "0801") keeps those alone; a missing folder raises in setup()."""
         from drn_lightning.ops.degrade import DEGRADATIONS
 
         self.degradation = one_of(degradation, "degradation", sorted(DEGRADATIONS))
@@ -429,7 +384,7 @@ class BenchmarkDataset(_FolderDataset):
         self.images = None if images is None else [str(i) for i in images]
 
     def _list(self) -> list[Path]:
-        """The set's HR files (those of `images`), each with the LR_bicubic files it has."""
+        """The set's HR files (those of `images`), each with the LR_bicubic files it has; other levels from the HR."""
         root = _path(checked_folder(self.root, "root"))  # type: ignore[arg-type]
         folder = root / self.set_name
         if not folder.is_dir():
@@ -449,6 +404,6 @@ class BenchmarkDataset(_FolderDataset):
 
     def __getitem__(self, index: int) -> Sample:
         """The whole mod-cropped HR image with its LR pyramid."""
-        name, (hr, lrs) = self.image(self._key(index)[0])
+        name, (hr, lrs), _ = self._sample(index)
         tensors = [chw(a).to(torch.float32) for a in (hr, *lrs)]
         return {"lr": tensors[1:], "hr": tensors[0], "paired": torch.tensor(True), "name": name, "set": self.name}

@@ -29,19 +29,14 @@ DEMO_SPLITS = {"train": DEMO_TRAIN, "val": DEMO_VAL, "paired": DEMO_PAIRED, "unp
 DEMO_GREYSCALE: tuple[str, ...] = ("camera", "brick", "grass", "gravel", "coins")  # texture; Y is what is scored
 
 
-def _skimage_data_dir() -> Path:
-    """Folder of the data files bundled with the installed scikit-image (found without importing it)."""
+def demo_image_path(name: str) -> Path:
+    """Path of a photo bundled with the installed scikit-image (found without importing it); errors say what to do."""
+    if name not in DEMO_FILES:
+        raise ValueError(f"unknown demo image {name!r}; allowed: {sorted(DEMO_FILES)}")
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError("scikit-image is required for the demo data: pip install scikit-image")
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
-
-
-def demo_image_path(name: str) -> Path:
-    """Path of a bundled demo photo; errors name the photo and the allowed names."""
-    if name not in DEMO_FILES:
-        raise ValueError(f"unknown demo image {name!r}; allowed: {sorted(DEMO_FILES)}")
-    path = _skimage_data_dir() / DEMO_FILES[name]
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / DEMO_FILES[name]
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: demo photo {name!r} is missing from the installed scikit-image wheel (reinstall scikit-image)"

@@ -5,9 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -67,8 +66,9 @@ def _bomb_error(path: Path, exc: Exception, limit: int) -> ImageReadError:
 
 
 @contextlib.contextmanager
-def _checked_image(path: Path, limit: int) -> Iterator[Image.Image]:
-    """The image opened lazily (header only) and within the pixel bound; every failure names the file."""
+def _checked_image(path: Path, max_pixels: int | None, decode: bool = False) -> Iterator[Image.Image]:
+    """Opened within the pixel bound, header only unless `decode`; a failure, in the with block too, names the file."""
+    limit = _limit(max_pixels)
     if not path.exists():
         raise FileNotFoundError(f"{path}: image file does not exist")
     if path.is_dir():
@@ -96,45 +96,36 @@ def _checked_image(path: Path, limit: int) -> Iterator[Image.Image]:
                     "(possible decompression bomb); raise it with max_pixels=... or "
                     "drn_lightning.data.io.set_max_image_pixels() if the file is trusted"
                 )
-            yield img
+            try:
+                if decode:
+                    img.load()
+                yield img
+            except (ImageReadError, MemoryError):
+                raise
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise _bomb_error(path, exc, limit) from exc
+            except Exception as exc:
+                raise ImageReadError(f"{path}: cannot decode image (truncated or corrupt?): {exc}") from exc
 
 
 def read_image_size(path: str | os.PathLike[str], max_pixels: int | None = None) -> tuple[int, int]:
     """(height, width) from the header alone, so large sets can be validated without decoding."""
-    with _checked_image(Path(path), _limit(max_pixels)) as img:
+    with _checked_image(Path(path), max_pixels) as img:
         return img.height, img.width
 
 
 def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
     """Decode fully to (H, W, 3) uint8 RGB, failing here (not in training); no EXIF rotation, as DIV2K's LR had none."""
-    return _decode(Path(path), max_pixels, _to_rgb8)
+    with _checked_image(Path(path), max_pixels, decode=True) as img:
+        return _to_rgb8(img, Path(path))
 
 
 def open_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> Image.Image:
-    """Decoded, upright (EXIF orientation applied), mode, alpha, EXIF and ICC kept: what upscaling needs."""
-    return _decode(Path(path), max_pixels, _upright_first_frame)
-
-
-def _upright_first_frame(img: Image.Image, path: Path) -> Image.Image:
-    """The first frame (animations warn), rotated as its EXIF says, the orientation tag then dropped."""
-    if (frames := getattr(img, "n_frames", 1)) > 1:
-        warnings.warn(f"{path}: animated ({frames} frames); only the first frame is used", stacklevel=4)
-    return ImageOps.exif_transpose(img)
-
-
-def _decode(path: Path, max_pixels: int | None, finish: Callable[[Image.Image, Path], Any]) -> Any:
-    """`finish(image, path)` on the fully decoded image; every failure an ImageReadError naming the file."""
-    limit = _limit(max_pixels)
-    with _checked_image(path, limit) as img:
-        try:
-            img.load()
-            return finish(img, path)
-        except (ImageReadError, MemoryError):
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise _bomb_error(path, exc, limit) from exc
-        except Exception as exc:
-            raise ImageReadError(f"{path}: cannot decode image (truncated or corrupt?): {exc}") from exc
+    """The decoded first frame (animations warn), upright; mode, alpha, EXIF and ICC kept, as upscaling needs."""
+    with _checked_image(Path(path), max_pixels, decode=True) as img:
+        if (frames := getattr(img, "n_frames", 1)) > 1:
+            warnings.warn(f"{path}: animated ({frames} frames); only the first frame is used", stacklevel=2)
+        return ImageOps.exif_transpose(img)  # a copy, the orientation tag dropped
 
 
 def list_images(folder: str | os.PathLike[str], extensions: Collection[str] = IMAGE_EXTENSIONS) -> list[Path]:

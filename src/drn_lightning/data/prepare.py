@@ -163,7 +163,7 @@ def _download(url: str, part: Path, size: int | None) -> None:
                 have = 0  # no Range sent, or the server ignored it and sends the whole file: start over
             left = int(response.headers.get("Content-Length") or -1)
             total = size or (have + left if left >= 0 else None)
-            try:
+            with contextlib.suppress(ConnectionError, TimeoutError, http.client.HTTPException):  # dropped: resume
                 with (
                     _disk_errors(part),
                     open(part, "ab" if have else "wb") as handle,
@@ -175,8 +175,6 @@ def _download(url: str, part: Path, size: int | None) -> None:
                         advance(len(chunk))
                 if left <= 0:  # all of Content-Length arrived (or none was announced)
                     return
-            except (ConnectionError, TimeoutError, http.client.HTTPException):  # dropped midway: `part` keeps it
-                pass
         if attempt == RETRIES:
             raise DataCommandError(f"{url}: transfer interrupted {RETRIES + 1} times; run again to resume")
 
@@ -198,9 +196,9 @@ def _extract(archive: Path, into: Path) -> None:
         members: list[Any] = opened.infolist() if is_zip else opened.getmembers()
         names = [m.filename if is_zip else m.name for m in members]
         for m, name in zip(members, names):
-            link = "" if is_zip or not (m.issym() or m.islnk()) else m.linkname
+            link = "" if is_zip else m.linkname  # "" unless a tar link
             target = posixpath.join(posixpath.dirname(name), link) if link and m.issym() else link  # hard: from root
-            if _escapes(name) or (link and _escapes(target)) or link.startswith("/"):
+            if _escapes(name) or _escapes(target):
                 raise DataCommandError(f"{archive}: refused member {name!r}: it would be written outside {into}")
         extra = {"filter": "data"} if not is_zip and hasattr(tarfile, "data_filter") else {}
         with progress(f"extracting {archive.name}", len(members)) as advance:
@@ -244,6 +242,12 @@ def _list(folder: Path) -> list[Path]:
         return list_images(folder)
     except (OSError, ValueError) as exc:
         raise DataCommandError(str(exc), EXIT_USAGE) from exc
+
+
+def _images(folder: Path, pattern: str = "*") -> list[Path]:
+    """Image files matching `pattern` in `folder`, sorted, none hidden; broken links kept so `check` reports them."""
+    found = (p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    return sorted(p for p in found if p.is_file() or p.is_symlink())
 
 
 def build_df2k(root: Path, scales: Sequence[int] = (2, 3, 4)) -> None:
@@ -300,40 +304,27 @@ def _complete(path: Path, size: tuple[int, int]) -> bool:
         return False
 
 
-def _degrade_to(path: Path, image: np.ndarray, scale: int, method: str) -> None:
-    """Write DEGRADATIONS[method] of `image` mod-cropped to `scale` (uint8 in and out, as the training cache makes it)."""
+def _write_lr(source: Path, outputs: dict[int, Path], method: str = "bicubic") -> int:
+    """Write the missing outputs[s] (DEGRADATIONS[method] of `source` mod-cropped to s, as the LR cache); how many."""
     from drn_lightning.data.pyramid import chw, hwc, mod_crop  # lazily: pyramid imports torch, and this module
     from drn_lightning.ops.degrade import DEGRADATIONS
 
-    lr = hwc(DEGRADATIONS[method](chw(mod_crop(image, scale)), scale))
-    with _disk_errors(path):
-        atomic_write(path, partial(save_png, lr))
-
-
-def _pyramid_one(hr_path: Path, out: Path, scales: Sequence[int]) -> int:
-    """Write the missing X{s}/{stem}x{s}.png files of one HR image; returns how many were written."""
-    h, w = read_image_size(hr_path)
-    paths = {s: out / f"X{s}" / f"{hr_path.stem}x{s}.png" for s in scales}
-    todo = {s: p for s, p in paths.items() if not _complete(p, (h // s, w // s))}
-    hr = read_image(hr_path) if todo else np.empty(0)
+    h, w = read_image_size(source)
+    todo = {s: path for s, path in outputs.items() if not _complete(path, (h // s, w // s))}
+    image = read_image(source) if todo else np.empty(0)
     for s, path in todo.items():
-        _degrade_to(path, hr, s, "bicubic")
+        lr = hwc(DEGRADATIONS[method](chw(mod_crop(image, s)), s))
+        with _disk_errors(path):
+            atomic_write(path, partial(save_png, lr))
     return len(todo)
 
 
 def pyramid(hr_dir: Path, out: Path, scales: Sequence[int], workers: int = DEFAULT_WORKERS) -> None:
     """DIV2K-style LR files for every HR image: out/X{s}/{stem}x{s}.png = bicubic imresize(mod_crop(HR, s), 1/s)."""
     files = _list(hr_dir)
-    written = sum(_run(_pyramid_one, [(p, out, tuple(scales)) for p in files], workers, "pyramid"))
+    jobs = [(p, {s: out / f"X{s}" / f"{p.stem}x{s}.png" for s in scales}) for p in files]
+    written = sum(_run(_write_lr, jobs, workers, "pyramid"))
     print(f"{out}: wrote {written} LR files, {len(files) * len(scales) - written} were already there")
-
-
-def _unpaired_one(source: Path, out_path: Path, method: str, scale: int) -> str:
-    """Write one unpaired LR image unless already there; returns the source's SHA-256 for the manifest."""
-    h, w = read_image_size(source)
-    if not _complete(out_path, (h // scale, w // scale)):
-        _degrade_to(out_path, read_image(source), scale, method)
-    return _hash(source)
 
 
 def unpaired(
@@ -343,8 +334,7 @@ def unpaired(
     if not src.is_dir():
         raise DataCommandError(f"{src}: source folder does not exist", EXIT_USAGE)
     skip = os.path.abspath(out) + os.sep  # outputs inside SRC are never sources
-    found = (p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-    files = sorted(p for p in found if p.is_file() and not os.path.abspath(p).startswith(skip))
+    files = [p for p in _images(src, "**/*") if p.is_file() and not os.path.abspath(p).startswith(skip)]
     if count > len(files):
         raise DataCommandError(f"{src}: {len(files)} images found, fewer than --count {count}", EXIT_USAGE)
     chosen = [files[i] for i in sorted(np.random.default_rng(seed).choice(len(files), size=count, replace=False))]
@@ -354,19 +344,11 @@ def unpaired(
         while (name := f"{path.stem}_{k}.png" if k > 1 else f"{path.stem}.png") in names:
             k += 1
         names[name] = None
-    shas = _run(_unpaired_one, [(p, out / n, degradation, scale) for p, n in zip(chosen, names)], workers, "unpaired")
-    images = [
-        {"source": p.relative_to(src).as_posix(), "sha256": d, "output": n} for p, d, n in zip(chosen, shas, names)
-    ]
+    _run(_write_lr, [(p, {scale: out / n}, degradation) for p, n in zip(chosen, names)], workers, "unpaired")
+    images = [{"source": p.relative_to(src).as_posix(), "sha256": _hash(p), "output": n} for p, n in zip(chosen, names)]
     meta = {"count": count, "degradation": degradation, "scale": scale, "seed": seed, "images": images}
     write_json(meta, out / "manifest.json")
     print(f"{out}: {count} LR images ({degradation}, x{scale}, seed {seed}) and manifest.json")
-
-
-def _images(folder: Path) -> list[Path]:
-    """Image files directly in `folder`, sorted, hidden ones skipped; broken links kept so `check` reports them."""
-    found = (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-    return sorted(p for p in found if p.is_file() or p.is_symlink())
 
 
 def _check_one(image: Path, lr_files: dict[int, Path]) -> list[str]:
@@ -398,13 +380,12 @@ def check(root: Path, workers: int = DEFAULT_WORKERS) -> tuple[list[str], int]:
     paired: set[Path] = set()
     for folder in sorted(Path(d) for d, _, _ in os.walk(root)):  # `*_HR` sorts before its `*_LR_bicubic`
         files, name = _images(folder), folder.name
-        stems = {p.stem for p in files}
         if name.endswith("_HR") or name == "HR":
             name = folder.parent.name if name == "HR" else name
             lr_root = folder.with_name(f"{folder.name[:-2]}LR_bicubic")
             lr_dirs = {int(d.name[1:]): d for d in sorted(lr_root.glob("X*")) if d.name[1:].isdigit() and d.is_dir()}
             paired.update(lr_dirs.values())
-            wanted = {(s, f"{stem}x{s}.png") for s in lr_dirs for stem in stems}
+            wanted = {(s, f"{p.stem}x{s}.png") for s in lr_dirs for p in files}
             extra = [p for s, d in lr_dirs.items() for p in _images(d) if (s, p.name) not in wanted]
             problems += [f"{p}: extra LR file, no HR image for it in {folder}" for p in extra]
             jobs += [(p, {s: d / f"{p.stem}x{s}.png" for s, d in lr_dirs.items()}) for p in files]
@@ -418,8 +399,7 @@ def check(root: Path, workers: int = DEFAULT_WORKERS) -> tuple[list[str], int]:
             problems.append(f"{folder}: {len(files)} images, {name} has {EXPECTED_COUNTS[name]}")
     if not jobs:
         raise DataCommandError(f"{root}: no images found", EXIT_USAGE)
-    for found in _run(_check_one, jobs, workers, "check"):
-        problems += found
+    problems += [line for found in _run(_check_one, jobs, workers, "check") for line in found]
     return problems, len(jobs) + sum(len(lrs) for _, lrs in jobs)
 
 

@@ -95,16 +95,14 @@ class LRCache:
 def run_all(jobs: Sequence[Any], fn: Callable[[Any], Any], what: str, workers: int = 8) -> list[str | None]:
     """fn(job) for every job on DataLoader worker processes, with progress; per job, an unreadable image's error."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = max(0, min(workers, cpus, len(jobs) - 1))
+    fork = "fork" in multiprocessing.get_all_start_methods()  # forked workers: the jobs' function is never pickled
+    workers = max(0, min(workers, cpus, len(jobs) - 1)) if fork else 0
+    context = "fork" if workers else None  # forked even inside spawned (joblib) jobs
+    loader = DataLoader(_Jobs(jobs, fn), batch_size=None, num_workers=workers, multiprocessing_context=context)
     out: list[str | None] = []
     with progress(what, len(jobs), "images", emit=log.info) as advance:
-        fork = "fork" in multiprocessing.get_all_start_methods()  # the jobs' function is not pickled: forked workers
-        context = "fork" if fork and workers else None  # also inside spawned (joblib) jobs
-        loader = DataLoader(
-            _Jobs(jobs, fn), batch_size=None, num_workers=workers if fork else 0, multiprocessing_context=context
-        )
-        for result in loader:
-            out.append(result)
+        for error in loader:
+            out.append(error)
             advance(1)
     return out
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import bisect
-import math
-from collections import OrderedDict
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,9 +25,10 @@ def split_key(key: int | SampleKey) -> tuple[int, int | None]:
     return int(key), None
 
 
-def sample_seed(seed: int, global_index: int, slot: int) -> int:
-    """The crop/flip seed of one slot of a global batch: where the sample sits, never which rank or worker loads it."""
-    return int(np.random.SeedSequence([seed, global_index, slot]).generate_state(1, np.uint64)[0])
+@functools.lru_cache(maxsize=8)
+def _permutation(seed: int, pool: int, cycle: int, size: int) -> np.ndarray:
+    """The ``cycle``-th seeded permutation of a pool, cached because consecutive batches draw from the same one."""
+    return np.random.default_rng([seed, pool, cycle]).permutation(size)
 
 
 class MixedBatchSampler(Sampler[list[Any]]):
@@ -58,7 +58,7 @@ class MixedBatchSampler(Sampler[list[Any]]):
             raise ValueError(f"rank={rank!r} must be in [0, num_replicas={self.num_replicas})")
         ratio = self.unpaired_ratio = fraction(unpaired_ratio, "unpaired_ratio")
         self.global_batch = self.batch_size * self.num_replicas
-        self.unpaired_per_global = math.floor(ratio * self.global_batch + 0.5)
+        self.unpaired_per_global = int(ratio * self.global_batch + 0.5)  # half rounds up
         self.paired_per_global = self.global_batch - self.unpaired_per_global
         if ratio > 0 and self.n_unpaired == 0:
             raise ValueError(f"unpaired_ratio={ratio} > 0 needs unpaired samples, but n_unpaired is 0")
@@ -68,7 +68,6 @@ class MixedBatchSampler(Sampler[list[Any]]):
                 " batch, leaving no paired sample; lower unpaired_ratio or raise batch_size"
             )
         self.epoch, self.repeat_epoch, self._start = 0, False, 0
-        self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
     @property
     def sampler(self) -> MixedBatchSampler:
@@ -88,40 +87,26 @@ class MixedBatchSampler(Sampler[list[Any]]):
         """Batches per epoch on this rank (the same on every rank, so DDP steps stay in lockstep)."""
         return self.num_batches
 
-    def unpaired_counts(self, global_index: int) -> list[int]:
-        """Unpaired samples per rank in global batch ``global_index``; sums to the exact global count."""
-        base, extra = divmod(self.unpaired_per_global, self.num_replicas)
-        return [base + (1 if (r - global_index) % self.num_replicas < extra else 0) for r in range(self.num_replicas)]
-
-    def _perm(self, pool: int, cycle: int, size: int) -> np.ndarray:
-        """The ``cycle``-th seeded permutation of a pool (a few recent ones kept for reuse)."""
-        perm = self._perms.get((pool, cycle))
-        if perm is None:
-            perm = self._perms[(pool, cycle)] = np.random.default_rng([self.seed, pool, cycle]).permutation(size)
-            if len(self._perms) > 6:
-                self._perms.popitem(last=False)
-        return perm
-
     def _draw(self, pool: int, size: int, per_global: int, global_index: int, skip: int, count: int) -> list[int]:
         """``count`` indices of a pool for global batch ``global_index`` after ``skip``, from seeded permutations."""
-        if count == 0:
-            return []
-        if per_global <= size:
+        if 0 < per_global <= size:  # each cycle of the pool holds whole global batches
             cycle, slot = divmod(global_index, size // per_global)
             start = slot * per_global + skip
-            return [int(i) for i in self._perm(pool, cycle, size)[start : start + count]]
+            return [int(i) for i in _permutation(self.seed, pool, cycle, size)[start : start + count]]
         out: list[int] = []
         pos = global_index * per_global + skip
         while len(out) < count:
             cycle, offset = divmod(pos, size)
             take = min(count - len(out), size - offset)
-            out.extend(int(i) for i in self._perm(pool, cycle, size)[offset : offset + take])
+            out.extend(int(i) for i in _permutation(self.seed, pool, cycle, size)[offset : offset + take])
             pos += take
         return out
 
     def rank_batch(self, global_index: int, rank: int) -> list[int]:
         """Indices rank ``rank`` gets in global batch ``global_index``: paired first, then unpaired."""
-        counts = self.unpaired_counts(global_index)
+        # each rank's unpaired count; the remainder rotates over the ranks, so the global count stays exact
+        base, extra = divmod(self.unpaired_per_global, self.num_replicas)
+        counts = [base + (1 if (r - global_index) % self.num_replicas < extra else 0) for r in range(self.num_replicas)]
         u_before, u_here = sum(counts[:rank]), counts[rank]
         p_before, p_here = rank * self.batch_size - u_before, self.batch_size - u_here
         paired = self._draw(_PAIRED, self.n_paired, self.paired_per_global, global_index, p_before, p_here)
@@ -129,9 +114,10 @@ class MixedBatchSampler(Sampler[list[Any]]):
         return paired + [self.n_paired + i for i in unpaired]
 
     def rank_keys(self, global_index: int, rank: int) -> list[tuple[int, int]]:
-        """``rank_batch``, each index paired with its global slot's seed: crops repeat after a resume."""
-        batch, first_slot = self.rank_batch(global_index, rank), rank * self.batch_size
-        return [(index, sample_seed(self.seed, global_index, first_slot + k)) for k, index in enumerate(batch)]
+        """``rank_batch`` with each global slot's seed (not the loading rank's or worker's): crops repeat on resume."""
+        slots = range(rank * self.batch_size, (rank + 1) * self.batch_size)
+        seeds = (np.random.SeedSequence([self.seed, global_index, s]).generate_state(1, np.uint64)[0] for s in slots)
+        return [(index, int(seed)) for index, seed in zip(self.rank_batch(global_index, rank), seeds)]
 
     def __iter__(self) -> Iterator[list[Any]]:
         """This rank's batches for the current epoch: index lists, or ``(index, seed)`` lists when keyed."""

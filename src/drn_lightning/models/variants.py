@@ -39,9 +39,8 @@ def build_primal(
             raise OptionError(
                 "variant", variant, f"not defined at scale={scale}; defined: {defined} (or give n_feats and n_blocks)"
             )
-        default_feats, default_blocks = VARIANTS[variant][scale]
-        n_feats = default_feats if n_feats is None else n_feats
-        n_blocks = default_blocks if n_blocks is None else n_blocks
+        n_feats = VARIANTS[variant][scale][0] if n_feats is None else n_feats
+        n_blocks = VARIANTS[variant][scale][1] if n_blocks is None else n_blocks
     return DRN(scale=scale, n_feats=int(n_feats), n_blocks=int(n_blocks), **kwargs)
 
 

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,6 @@ from drn_lightning.models.drn import DRN, SUPPORTED_SCALES, build_duals
 from drn_lightning.models.variants import describe, variant_name
 from drn_lightning.options import ExpectedError
 
-PRIMAL_PREFIX = "primal."
-DUALS_PREFIX = "duals."
 # Our files' SHA-256 of their tensors: a top-level key of our checkpoints, or an entry of the authors' format's state
 # dict `_metadata` (which `load_state_dict` reads by module prefix only, so their strict loader sees the usual keys).
 DIGEST_KEY = "drn_lightning_digest"
@@ -107,8 +105,7 @@ def _some(items: list[str], limit: int) -> str:
 
 
 def safe_load(path: StrPath, *, allow_unverified: bool = False) -> Any:
-    """`torch.load` of tensors and plain containers only, from a path or fsspec URL; errors name the file and the cause.
-    Our own files must carry their digest unless `allow_unverified`."""
+    """`torch.load` of only tensors and plain containers (path or fsspec URL), digest-checked; errors name the file."""
     path = os.fspath(path)
     fs, where = url_to_fs(path)
     if not fs.isfile(where):
@@ -125,8 +122,8 @@ def safe_load(path: StrPath, *, allow_unverified: bool = False) -> Any:
                 "refused: it references code or objects other than tensors and plain containers; nothing was executed"
             )
         else:
-            detail = next((line.strip() for line in text.splitlines() if "Unsupported operand" in line), "")
-            detail = detail or (text.splitlines()[0] if text else type(err).__name__)
+            lines = text.splitlines() or [type(err).__name__]  # an empty message: the error's type
+            detail = next((line.strip() for line in lines if "Unsupported operand" in line), lines[0])
             reason = f"not a readable PyTorch file, truncated or corrupt ({type(err).__name__}: {detail[:200]})"
         raise CheckpointError(f"{path}: {reason}") from None
     _verify_digest(obj, path, allow_unverified)
@@ -152,8 +149,7 @@ def infer_primal_config(state_dict: Mapping[str, Tensor], source: str = "state_d
     scale = 2**stages
     if scale not in SUPPORTED_SCALES:
         raise CheckpointError(f"{source}: found {stages} down blocks (scale {scale}); DRN has 1, 2 or 3")
-    block_ids = {int(m.group(1)) for k in state_dict if (m := re.match(r"up_blocks\.0\.(\d+)\.body\.", k)) is not None}
-    n_blocks = len(block_ids)
+    n_blocks = len({k.split(".")[2] for k in state_dict if re.match(r"up_blocks\.0\.\d+\.body\.", k)})
     if n_blocks == 0:
         raise CheckpointError(f"{source}: no RCAB blocks under 'up_blocks.0'; this is not a DRN primal state_dict")
     return {"scale": scale, "n_feats": n_feats, "n_blocks": n_blocks, "variant": variant_name(scale, n_feats, n_blocks)}
@@ -227,21 +223,6 @@ def duals_from_state_dicts(dual_states: Any, source: str, info: Mapping[str, Any
     return duals
 
 
-def load_official(
-    primal_path: StrPath, dual_path: StrPath | None = None, *, variant: str | None = None, scale: int | None = None
-) -> Loaded:
-    """`(primal, duals, info)` from the authors' files; `variant`/`scale` turn a silent mix-up into an error naming both."""
-    return _load_pair(safe_load(primal_path), primal_path, dual_path, variant, scale)
-
-
-def _load_pair(
-    state: Any, path: StrPath, dual: StrPath | None, variant: str | None, scale: int | None, unverified: bool = False
-) -> Loaded:
-    primal, info = primal_from_state_dict(state, str(path), variant, scale)
-    duals = None if dual is None else safe_load(dual, allow_unverified=unverified)
-    return primal, None if duals is None else duals_from_state_dicts(duals, str(dual), info), info
-
-
 def _atomic_save(obj: Any, path: StrPath) -> None:
     atomic_write(Path(path), lambda handle: torch.save(obj, handle))
 
@@ -251,16 +232,12 @@ def _plain_state_dict(module: nn.Module) -> dict[str, Tensor]:
     source = module.state_dict()
     state = OrderedDict((k, v.detach().cpu().contiguous().clone()) for k, v in source.items())
     state._metadata = OrderedDict(getattr(source, "_metadata", {}))  # type: ignore[attr-defined]
-    state._metadata[DIGEST_KEY] = {"sha256": tensor_digest(state)}  # type: ignore[attr-defined]
-    state._metadata[WRITER_KEY] = 1  # type: ignore[attr-defined]
+    state._metadata.update({DIGEST_KEY: {"sha256": tensor_digest(state)}, WRITER_KEY: 1})  # type: ignore[attr-defined]
     return state
 
 
 def save_official(
-    primal: nn.Module,
-    duals: nn.ModuleList | list[nn.Module] | None,
-    primal_path: StrPath,
-    dual_path: StrPath | None = None,
+    primal: nn.Module, duals: Iterable[nn.Module] | None, primal_path: StrPath, dual_path: StrPath | None = None
 ) -> None:
     """Write weights in the authors' format so their `main.py --pre_train ... --pre_train_dual ...` reads them."""
     _atomic_save(_plain_state_dict(primal), primal_path)
@@ -272,11 +249,11 @@ def save_official(
 
 def split_lightning_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
     """Split our LightningModule state_dict (`primal.*`, `duals.<i>.*`) into the authors' two structures."""
-    primal = {k[len(PRIMAL_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(PRIMAL_PREFIX)}
+    primal = {k.removeprefix("primal."): v for k, v in state_dict.items() if k.startswith("primal.")}
     duals: dict[int, dict[str, Tensor]] = {}
     for key, value in state_dict.items():
-        if key.startswith(DUALS_PREFIX):
-            index, _, rest = key[len(DUALS_PREFIX) :].partition(".")
+        if key.startswith("duals."):
+            index, _, rest = key.removeprefix("duals.").partition(".")
             duals.setdefault(int(index), {})[rest] = value
     return primal, [duals[i] for i in sorted(duals)]
 
@@ -291,8 +268,10 @@ def load_weights(
 ) -> Loaded:
     """Load either the authors' `.pt` pair or one of our Lightning `.ckpt` files, whichever `path` is."""
     obj = safe_load(path, allow_unverified=allow_unverified)
-    if not (isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping)):
-        return _load_pair(obj, path, dual_path, variant, scale, allow_unverified)
+    if not (isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping)):  # the authors' pair
+        primal, info = primal_from_state_dict(obj, str(path), variant, scale)
+        duals = None if dual_path is None else safe_load(dual_path, allow_unverified=allow_unverified)
+        return primal, None if duals is None else duals_from_state_dicts(duals, str(dual_path), info), info
     primal_state, dual_states = split_lightning_state_dict(obj["state_dict"])
     if not primal_state:
         raise CheckpointError(f"{path}: Lightning checkpoint without 'primal.*' weights")
@@ -300,14 +279,20 @@ def load_weights(
     return primal, duals_from_state_dicts(dual_states, str(path), info) if dual_states else None, info
 
 
+def load_official(
+    primal_path: StrPath, dual_path: StrPath | None = None, *, variant: str | None = None, scale: int | None = None
+) -> Loaded:
+    """`(primal, duals, info)` from the authors' files; `variant`/`scale` turn a silent mix-up into an error naming both."""
+    return load_weights(primal_path, dual_path, variant=variant, scale=scale)
+
+
 def official_to_checkpoint(
     primal: nn.Module, duals: nn.ModuleList | None, info: Mapping[str, Any], ckpt_path: StrPath
 ) -> None:
     """Write a minimal Lightning-style checkpoint (weights + hyper-parameters) that our tools load."""
-    state = OrderedDict((PRIMAL_PREFIX + k, v) for k, v in _plain_state_dict(primal).items())
-    state._metadata = OrderedDict()  # type: ignore[attr-defined]  # with_digest marks it
-    for idx, dual in enumerate(duals or []):
-        state.update({f"{DUALS_PREFIX}{idx}.{k}": v for k, v in _plain_state_dict(dual).items()})
+    networks = nn.ModuleDict({"primal": primal, "duals": nn.ModuleList(duals or [])})  # DRNLitModule's keys
+    state = _plain_state_dict(networks)
+    state._metadata = OrderedDict()  # type: ignore[attr-defined]  # the checkpoint's digest is top-level (with_digest)
     hparams = {k: info[k] for k in ("variant", "scale", "n_feats", "n_blocks")}
     checkpoint = {"state_dict": state, "hyper_parameters": {"drn": hparams}, "epoch": 0, "global_step": 0}
     _atomic_save(with_digest(checkpoint), ckpt_path)

@@ -67,13 +67,7 @@ class ImageGridLogger(pl.Callback):
         self._grids: list[tuple[str, np.ndarray]] = []
 
     def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         due = self.every_n_epochs > 0 and trainer.current_epoch % self.every_n_epochs == 0
         if not due or not trainer.is_global_zero or trainer.sanity_checking or dataloader_idx != 0:
@@ -81,26 +75,21 @@ class ImageGridLogger(pl.Callback):
         if len(self._grids) < self.max_images:  # validation runs without gradients already
             lr, name = batch["lr"][0], batch.get("name", [f"image{batch_idx}"])
             name = name[0] if isinstance(name, list | tuple) else name
-            scale = int(pl_module.scale)  # type: ignore[arg-type]
-            grid = make_comparison_grid(lr, pl_module(lr)[-1], batch["hr"], scale, self.crop_size)
+            grid = make_comparison_grid(lr, pl_module(lr)[-1], batch["hr"], int(pl_module.scale), self.crop_size)
             self._grids.append((Path(str(name)).stem, grid))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._grids:
-            return
         grids, self._grids = self._grids, []
         step = trainer.global_step
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):  # one key per image: W&B wants equal sizes within one key
-                for name, grid in grids:
+            for name, grid in grids:
+                if isinstance(logger, WandbLogger):  # one key per image: W&B wants equal sizes within one key
                     logger.log_image(f"val/images/{name}", [grid], step)
-            elif isinstance(logger, TensorBoardLogger):
-                for name, grid in grids:
+                elif isinstance(logger, TensorBoardLogger):
                     logger.experiment.add_image(f"val/{name}", grid, step, dataformats="HWC")
-            else:
-                folder = Path(logger.log_dir or trainer.default_root_dir) / "images"
-                folder.mkdir(parents=True, exist_ok=True)
-                for name, grid in grids:
+                else:
+                    folder = Path(logger.log_dir or trainer.default_root_dir) / "images"
+                    folder.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(grid).save(folder / f"{name}_step{step:07d}.png")
 
 
@@ -119,9 +108,8 @@ def _progress(count: int, completed: int | None = None) -> dict[str, int]:
 
 
 def at_step_boundary(checkpoint: dict[str, Any]) -> None:
-    """The fit loop's progress in a checkpoint rewritten as one of two states Lightning 2.6 resumes exactly: mid-epoch
-    as when its last batch ended, or between two epochs. Saved after an epoch's batches (validation, epoch end, train
-    end, a stop there), Lightning resumes one epoch ahead when `max_steps` is set (docs/library_internals.md)."""
+    """The checkpoint's fit-loop progress as mid-epoch after a batch, or between epochs: states Lightning 2.6 resumes
+    exactly (saved after an epoch's batches it resumes one epoch ahead under `max_steps`; docs/library_internals.md)."""
     loop = checkpoint.get("loops", {}).get("fit_loop", {})
     epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
     if not (epochs and batches):
@@ -155,15 +143,14 @@ class StepBoundaryStates(pl.Callback):
 
 
 class RunCheckpoint(StepBoundaryStates, ModelCheckpoint):
-    """ModelCheckpoint that forgets restored paths outside `dirpath` (its deletions go through AtomicCheckpointIO) and
-    writes `last` at the end of every fit (Lightning: only in a process that has saved nothing yet)."""
+    """ModelCheckpoint that forgets restored paths outside `dirpath` and writes `last` whenever a fit ends."""
 
     def __init__(self, *args: Any, save_on_train_end: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.save_on_train_end = save_on_train_end  # False: a periodic last.ckpt beside the main callback's
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The final state, so an uninterrupted run and a resumed one end with the same `last.ckpt`."""
+        """The final state, so an uninterrupted run and a resumed one end alike (Lightning: only if none was saved)."""
         if self.save_on_train_end and self.save_last:
             self.last_model_path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
             trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
@@ -180,7 +167,7 @@ class RunCheckpoint(StepBoundaryStates, ModelCheckpoint):
         return target != folder and os.path.commonpath([folder, target]) == folder
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state, dropped = dict(state_dict), []
+        state, dropped = dict(state_dict), []  # what it later deletes must be inside its folder
         for key in ("best_model_path", "last_model_path"):
             if state.get(key) and not self._inside(state[key]):
                 dropped.append(state[key])
@@ -197,9 +184,7 @@ class RunCheckpoint(StepBoundaryStates, ModelCheckpoint):
 
 
 class PreemptionCheckpoint(StepBoundaryStates, OnExceptionCheckpoint):
-    """On SIGTERM or `signals`: `last.ckpt` at the next step boundary (validation's end under DDP), then the handler of
-    `signals` it replaced; a NaN loss saves nothing. The handlers only note the signal and all ranks agree at the same
-    point (Lightning's SIGTERM handler broadcasts in the handler: DDP ranks caught in another collective hang)."""
+    """SIGTERM or `signals`: `last.ckpt` at the next step boundary, then the replaced handler (docs/reliability.md)."""
 
     def __init__(
         self,
@@ -218,33 +203,19 @@ class PreemptionCheckpoint(StepBoundaryStates, OnExceptionCheckpoint):
             self._replaced = {s: signal.signal(s, self._note) for s in {signal.SIGTERM, *self.signals}}
 
     def _note(self, signum: int, frame: Any) -> None:
-        self.received = self.received or signal.Signals(signum)
+        self.received = self.received or signal.Signals(signum)  # only noted: a collective here could hang DDP ranks
 
-    def _stop_if_signalled(self, trainer: pl.Trainer) -> None:
-        """Every rank stops here if any rank was signalled (one all-reduce under DDP, none on one device)."""
+    def _stop_if_signalled(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        """At a step boundary every rank stops if any was signalled (one all-reduce under DDP, none on one device)."""
         if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             self.received = self.received or signal.SIGTERM  # another rank's signal
             raise SIGTERMException
 
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        self._stop_if_signalled(trainer)
+    on_train_batch_end = on_validation_end = on_train_epoch_end = _stop_if_signalled  # the step boundaries
 
     def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if trainer.world_size == 1:  # DDP ranks may hold different numbers of validation images
             self._stop_if_signalled(trainer)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._stop_if_signalled(trainer)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._stop_if_signalled(trainer)
-
-    def _pass_on(self) -> None:
-        """The SIGUSR1/SIGUSR2 handler we replaced, now at a step boundary: submitit's or Lightning's SLURM requeue
-        (Lightning's SIGTERM handler is not: it would broadcast while the ranks exit)."""
-        previous = self._replaced.get(self.received) if self.received in self.signals else None
-        if callable(previous):
-            previous(self.received, None)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
@@ -258,7 +229,11 @@ class PreemptionCheckpoint(StepBoundaryStates, OnExceptionCheckpoint):
         trainer.save_checkpoint(target)
         if trainer.is_global_zero:
             log.warning("%s: saved checkpoint at global step %d to %s", received.name, trainer.global_step, target)
-        self._pass_on()
+        # The SIGUSR1/SIGUSR2 handler we replaced, now at a step boundary: submitit's or Lightning's SLURM requeue
+        # (not Lightning's SIGTERM handler: it would broadcast while the ranks exit).
+        previous = self._replaced.get(self.received) if self.received in self.signals else None
+        if callable(previous):
+            previous(self.received, None)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Keep the checkpoint (OnExceptionCheckpoint removes its file here); put back the replaced handlers."""

@@ -32,8 +32,7 @@ def to_plain(obj: Any) -> Any:
         return OmegaConf.to_container(obj, resolve=True)
     if isinstance(obj, dict):
         items = {key: to_plain(value) for key, value in obj.items()}
-        unchanged = all(items[key] is value for key, value in obj.items())
-        if unchanged and type(obj) in (dict, OrderedDict, defaultdict):
+        if type(obj) in (dict, OrderedDict, defaultdict) and all(items[k] is v for k, v in obj.items()):
             return obj
         return OrderedDict(items) if type(obj) is OrderedDict else items
     if isinstance(obj, list | tuple) and not hasattr(obj, "_fields"):  # a NamedTuple is kept
@@ -57,8 +56,7 @@ def _record(folder: Path, names: set[str]) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written whole or not at all, with a SHA-256 of their tensors, and read with `weights_only=True`;
-    ours without their digest are refused unless `allow_unverified`."""
+    """Whole-or-nothing writes with a digest, `weights_only` reads; ours without a digest need `allow_unverified`."""
 
     def __init__(self, allow_unverified: bool = False) -> None:
         super().__init__()

@@ -21,8 +21,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from drn_lightning.files import is_remote
 from drn_lightning.options import OptionError
 
-OUTPUT_DIR_KEYS = ("dirpath", "save_dir", "default_root_dir", "output_dir")  # folders the run writes into
-
 
 def leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any, DictConfig | None]]:
     """(dotted key, value, parent node) of every leaf; values that cannot resolve outside a Hydra run are skipped."""
@@ -45,8 +43,7 @@ def leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any, DictConfig | None
 
 
 def as_typed(cfg: DictConfig, err: BaseException, under: str = "") -> BaseException:
-    """An OptionError under the key a user types: the leaf under `under` named `err.key` holding `err.value`, or the
-    option its `${interpolation}` points at (`model.net.scale=${scale}` -> `scale`); any other error as it is."""
+    """An OptionError under the key a user types (`model.net.scale=${scale}` -> `scale`); other errors pass through."""
     if not isinstance(err, OptionError):
         return err
     for key, value, parent in leaves(OmegaConf.select(cfg, under) if under else cfg, under):
@@ -107,7 +104,7 @@ def check_output_dirs(cfg: DictConfig) -> None:
     """Every output folder must be writable now, so a bad path fails at start, not at the first checkpoint save."""
     for group in ("paths", "trainer", "callbacks", "logger"):
         for key, value, _ in leaves(cfg.get(group), group):
-            if key.rsplit(".", 1)[-1] in OUTPUT_DIR_KEYS and value not in (None, ""):
+            if key.endswith((".dirpath", ".save_dir", ".default_root_dir", ".output_dir")) and value not in (None, ""):
                 reason = unwritable_reason(str(value))
                 if reason is not None:
                     raise OptionError(key, str(value), f"cannot write there: {reason}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -19,8 +20,6 @@ from drn_lightning.ops.imresize import imresize
 from drn_lightning.options import ExpectedError, OptionError, integer, one_of
 from drn_lightning.training.losses import DRNLoss
 
-OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
-SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 Part = Mapping[str, Any]  # a Hydra config of a part (`_target_: ...`): how the checkpoint's hparams store it
 
 
@@ -34,18 +33,14 @@ def _built(part: Any) -> Any:
 
 
 class DRNLitModule(pl.LightningModule):
-    """Closed-loop DRN training: primal + dual losses on paired samples, the dual loss alone on unpaired ones.
-
-    Its parts are given as Hydra configs (`_recursive_: false`), saved as hyperparameters, so
-    `DRNLitModule.load_from_checkpoint(path)` rebuilds the same network, ready for inference.
-    """
+    """Closed-loop DRN training; its parts are Hydra configs saved as hparams, so `load_from_checkpoint` rebuilds it."""
 
     def __init__(
         self,
         net: Part | nn.Module,
         loss: Part | DRNLoss,
-        optimizer: Part | OptimizerFactory,
-        scheduler: Part | SchedulerFactory | None = None,
+        optimizer: Part | Callable[[Iterable[Any]], torch.optim.Optimizer],
+        scheduler: Part | Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         name: str = "drn",
         scale: int = 4,
         dual: bool = True,
@@ -78,8 +73,7 @@ class DRNLitModule(pl.LightningModule):
         return super().load_from_checkpoint(checkpoint_path, **kwargs).eval()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resuming a checkpoint of another network (scale, variant, width, duals): one line naming both, not
-        Lightning's list of every mismatched tensor."""
+        """Resuming another network (scale, variant, width, duals): a line naming both, not every mismatched tensor."""
         try:
             path = self.trainer.ckpt_path
         except RuntimeError:  # load_from_checkpoint: its own `strict` decides
@@ -104,14 +98,12 @@ class DRNLitModule(pl.LightningModule):
         try:
             primal, duals, info = load_weights(weights, dual_weights, allow_unverified=allow_unverified)
         except FileNotFoundError:
-            raise OptionError(
-                "weights" if dual_weights is None else "weights/dual_weights", weights, "file not found"
-            ) from None
-        try:
+            key = "weights" if dual_weights is None else "weights/dual_weights"  # either file may be missing
+            raise OptionError(key, weights, "file not found") from None
+        mine = info  # a net that is not a DRN: its own load_state_dict says what differs
+        with contextlib.suppress(CheckpointError):
             mine = infer_primal_config(self.primal.state_dict())
-        except CheckpointError:  # not a DRN: its own load_state_dict says what differs
-            mine = info
-        if any(info[k] != mine[k] for k in ("scale", "n_feats", "n_blocks")):
+        if mine != info:  # scale, n_feats, n_blocks (the variant follows from them)
             raise OptionError("weights", weights, f"checkpoint: {describe(info)}; config: {describe(mine)}")
         self.primal.load_state_dict(primal.state_dict())
         if self.duals is not None and duals is not None:

@@ -40,8 +40,7 @@ SIGTERM_EXIT_CODE = 128 + signal.SIGTERM  # a run stopped by SIGTERM after savin
 
 
 def failure_message(err: BaseException, run_dir: str | os.PathLike[str] | None = None) -> tuple[str, int]:
-    """(one-line message, exit status) for an ExpectedError (OptionError: 2, nothing was started) or a preemption stop
-    (SIGTERM, or the SIGUSR1/SIGUSR2 PreemptionCheckpoint noted on the exception)."""
+    """(one-line message, exit status) of an ExpectedError (OptionError: 2) or a preemption stop (its noted signal)."""
     if isinstance(err, SIGTERMException):
         where = f" hydra.run.dir={run_dir}" if run_dir is not None else ""
         name = signal.Signals(getattr(err, "signal", signal.SIGTERM)).name
@@ -52,15 +51,13 @@ def failure_message(err: BaseException, run_dir: str | os.PathLike[str] | None =
     return message, getattr(err, "exit_code", 1)
 
 
-@contextlib.contextmanager
-def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
+def run_lock(run_dir: str | os.PathLike[str]) -> contextlib.AbstractContextManager[Any]:
     """One training per run folder: held by global rank 0 until its process ends, even killed (not by its DDP ranks)."""
     if rank_zero_only.rank != 0:  # type: ignore[attr-defined]
-        yield
-        return
+        return contextlib.nullcontext()
     path = Path(run_dir) / ".train.lock"
     try:
-        held = FileLock(path).acquire(timeout=0)
+        return FileLock(path).acquire(timeout=0)
     except Timeout:
         raise OptionError(
             "hydra.run.dir",
@@ -68,8 +65,6 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
             f"another training is running in this folder (it holds {path}); "
             "wait for it to end or give another hydra.run.dir",
         ) from None
-    with held:
-        yield
 
 
 def configure_wandb(cfg: DictConfig) -> None:
@@ -181,7 +176,7 @@ def setup_logging(cfg: DictConfig) -> None:
             handler.addFilter(_drop_noise)
 
 
-def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
+def print_config_tree(cfg: DictConfig, save_to: Path) -> None:
     """The resolved config, one branch per group, printed at start and saved beside the run (as the template does)."""
     tree = Tree("config", guide_style="dim")
     for key in cfg:
@@ -189,19 +184,8 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
         tree.add(str(key)).add(Syntax(text, "yaml", theme="ansi_dark"))
     Console().print(tree)
-    if save_to is not None:
-        with open(save_to, "w") as handle:
-            Console(file=handle, width=120, color_system=None).print(tree)
-
-
-def _to_log_file(message: str) -> None:
-    """The error line into the run's log file too (its console line is printed by the caller)."""
-    record = logging.makeLogRecord(
-        {"name": "drn_lightning", "levelno": logging.ERROR, "levelname": "ERROR", "msg": message}
-    )
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+    with open(save_to, "w") as handle:
+        Console(file=handle, width=120, color_system=None).print(tree)
 
 
 @contextlib.contextmanager
@@ -217,6 +201,9 @@ def run_guard(cfg: DictConfig) -> Iterator[None]:
             yield
     except (ExpectedError, SIGTERMException) as err:
         message, status = failure_message(as_typed(cfg, err), run_dir)
-        _to_log_file(f"error: {message}")
+        fields = {"name": "drn_lightning", "levelno": logging.ERROR, "levelname": "ERROR", "msg": f"error: {message}"}
+        for handler in logging.getLogger().handlers:  # into the run's log file too, not a second console line
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(logging.makeLogRecord(fields))
         print(f"error: {message}", file=sys.stderr)
         sys.exit(status)
