@@ -178,6 +178,24 @@ def test_a_finished_run_continued_with_more_steps_matches_one_that_had_them_from
 # ---------------------------------------------------------------------------------------------- 2-rank CPU DDP
 
 
+def _ddp_run(run: Path, demo_cache: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """The 2-rank CPU DDP training command, in its own session (a signal to the group reaches both ranks)."""
+    from test_reliability import _env, _train_cmd
+
+    cmd = _train_cmd(run, [*EXACT, *CPU_DDP, *extra], tiny=False)
+    return subprocess.run(cmd, env=_env(demo_cache), cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                          timeout=600, start_new_session=True)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory: pytest.TempPathFactory, demo_cache: Path) -> dict[str, Any]:
+    """The uninterrupted 2-rank run's last checkpoint, trained once for every stop below."""
+    run = tmp_path_factory.mktemp("ddp_uninterrupted")
+    done = _ddp_run(run, demo_cache)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return last(run)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("moment", "signum"),
@@ -185,28 +203,16 @@ def test_a_finished_run_continued_with_more_steps_matches_one_that_had_them_from
     ids=["SIGKILL_after_an_epoch", "SIGTERM_after_an_epoch", "SIGUSR1_in_validation"],
 )
 def test_two_rank_ddp_stopped_after_an_epoch_resumes_exactly(
-    tmp_path: Path, demo_cache: Path, moment: str, signum: signal.Signals
+    tmp_path: Path, demo_cache: Path, ddp_reference: dict[str, Any], moment: str, signum: signal.Signals
 ) -> None:
     """Both ranks signalled (the process group, as a scheduler does) right after epoch 1 ends or in its validation;
     the same command again ends as the uninterrupted 2-rank run. Before, SIGUSR1 in validation hung in 4 of 7 tries:
     Lightning's SIGTERM handler broadcasts from inside the handler, while the other rank is in another collective."""
-    from test_reliability import _env, _train_cmd
-
-    def command(run: Path, *extra: str) -> list[str]:
-        return _train_cmd(run, [*EXACT, *CPU_DDP, *extra], tiny=False)
-
-    def run_cmd(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-        env = _env(demo_cache)
-        return subprocess.run(cmd, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True,
-                              timeout=600, start_new_session=True)  # fmt: skip
-
-    done = run_cmd(command(tmp_path / "reference"))
-    assert done.returncode == 0, done.stderr[-3000:]
     stopper = ["+callbacks.stop._target_=helpers_reliability.StopAt", f"+callbacks.stop.moment={moment}",
                "+callbacks.stop.epoch=1", f"+callbacks.stop.signum={int(signum)}"]  # fmt: skip
-    stopped = run_cmd(command(tmp_path / "run", *stopper))
+    stopped = _ddp_run(tmp_path, demo_cache, *stopper)
     expected = -signal.SIGKILL if signum == signal.SIGKILL else SIGTERM_EXIT_CODE
     assert stopped.returncode == expected, stopped.stderr[-3000:]
-    resumed = run_cmd(command(tmp_path / "run"))
+    resumed = _ddp_run(tmp_path, demo_cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_end(last(tmp_path / "run"), last(tmp_path / "reference"))
+    assert_same_end(last(tmp_path), ddp_reference)
