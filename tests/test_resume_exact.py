@@ -139,12 +139,12 @@ def test_a_kill_during_the_final_evaluation_resumes_to_the_same_end(
 ) -> None:
     """The final last.ckpt is written when training ends (Lightning wrote it only in a process that had saved nothing,
     so the uninterrupted run's was the step-3 one and a resumed run's another): the rerun trains nothing."""
-    import drn_lightning.train as entry
+    import drn_lightning.eval
 
     def killed(*args: Any) -> None:
         raise Killed
 
-    monkeypatch.setattr(entry, "final_evaluation", killed)
+    monkeypatch.setattr(drn_lightning.eval, "final_evaluation", killed)  # train() imports it when it runs
     with pytest.raises(Killed):
         fit(tmp_path, demo_cache, "test_after_fit=true")
     assert_same_end(last(tmp_path), reference)

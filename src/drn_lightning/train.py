@@ -10,20 +10,20 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import hydra
-import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from drn_lightning.eval import final_evaluation
 from drn_lightning.files import write_json
 from drn_lightning.options import OptionError, boolean, integer
-from drn_lightning.training.checkpoint_io import AtomicCheckpointIO
 from drn_lightning.training.config import build, check_missing, check_monitors, check_output_dirs, entry_point
-from drn_lightning.training.run import configure_wandb, finish_wandb, resume_from, run_guard, sweep_job_ranks
-from drn_lightning.training.runtime import keep_freed_memory
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    from torch import nn
+
+# torch and Lightning (~8 s to import) are imported when a run starts: `--cfg`, `--help` and tab completion stay fast.
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,13 @@ def _group(cfg: DictConfig, key: str) -> list[Any]:
 
 def prepare(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
     """Everything that can fail on user input, before any step is taken: options, networks, trainer, then data."""
+    import pytorch_lightning as pl
+    import torch
+
+    from drn_lightning.training.checkpoint_io import AtomicCheckpointIO
+    from drn_lightning.training.run import configure_wandb, resume_from
+    from drn_lightning.training.runtime import keep_freed_memory
+
     check_missing(cfg)
     check_output_dirs(cfg)
     if cfg.get("torch_threads") is not None:
@@ -70,8 +77,11 @@ def prepare(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
 
 def train(cfg: DictConfig, datamodule: Any, model: pl.LightningModule, trainer: pl.Trainer) -> dict[str, Any]:
     """Fit, then score on rank 0; returns the metrics a sweeper optimises."""
+    from drn_lightning.eval import final_evaluation
+    from drn_lightning.training.run import finish_wandb, sweep_job_ranks
+
     run_dir = Path(str(cfg.paths.output_dir))
-    hparams = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+    hparams: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     hparams.pop("hydra", None)
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
@@ -85,7 +95,7 @@ def train(cfg: DictConfig, datamodule: Any, model: pl.LightningModule, trainer: 
     if not trainer.is_global_zero:
         return metrics
     if cfg.get("test_after_fit"):
-        primal = cast(torch.nn.Module, model.primal)
+        primal = cast("nn.Module", model.primal)
         metrics["eval"] = final_evaluation(cfg, primal, datamodule.val_datasets, run_dir / "eval.json")
     metrics.update(train_seconds=elapsed, global_step=trainer.global_step)
     write_json({k: v for k, v in metrics.items() if k != "eval"}, run_dir / "metrics.json")
@@ -97,6 +107,8 @@ def train(cfg: DictConfig, datamodule: Any, model: pl.LightningModule, trainer: 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def run(cfg: DictConfig) -> float | None:
     """Hydra task: a bad option is one line naming it (exit 2); an expected failure one line (exit 1)."""
+    from drn_lightning.training.run import run_guard
+
     with run_guard(cfg):
         metrics = train(cfg, *prepare(cfg))
         value = metrics.get(str(cfg.get("optimized_metric") or "val/psnr"))
