@@ -6,41 +6,41 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import torch
 from omegaconf import DictConfig
-from torch import Tensor, nn
-from torch.utils.data import Dataset
 
-from drn_lightning.data.datasets import BenchmarkDataset
 from drn_lightning.files import claim_output, write_json
-from drn_lightning.inference import Upscaler as ModelUpscaler
-from drn_lightning.inference import resolve_device
-from drn_lightning.metrics import PSNRY, SSIMY
-from drn_lightning.models import check_finite, load_weights
-from drn_lightning.ops.imresize import imresize
 from drn_lightning.report import print_table
 from drn_lightning.training.config import as_typed, entry_point, unwritable_reason
 
-Upscaler = Callable[[Tensor], Tensor]
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+    from torch.utils.data import Dataset
+
+# torch, torchmetrics and the models (~7 s) are imported when scoring starts: `drn-eval` tab completion and `--cfg` stay fast.
+Upscaler = Callable[["Tensor"], "Tensor"]
 
 
 def bicubic_upscaler(scale: int) -> Upscaler:
     """The literature's baseline: MATLAB-bicubic upscaling of the LR image."""
+    from drn_lightning.ops.imresize import imresize
+
     return lambda lr: imresize(lr, scale=scale)
 
 
 def model_upscaler(primal: nn.Module, self_ensemble: bool = False, tile: int | None = None) -> Upscaler:
     """Final primal output; tiling and self-ensembling go through the same `Upscaler` as `drn-sr upscale`."""
+    from drn_lightning.inference import Upscaler as ModelUpscaler
+
     if not tile and not self_ensemble:
         return lambda lr: primal(lr)[-1]
     device = next(primal.parameters()).device
     return ModelUpscaler(primal, device=device, tile=tile, self_ensemble=self_ensemble).upscale_tensor
 
 
-@torch.inference_mode()
 def evaluate(
     upscaler: Upscaler,
     datasets: Mapping[str, Dataset],
@@ -49,28 +49,37 @@ def evaluate(
     round_y: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """{set: {psnr, ssim, images, degradation}} over whole images; metrics never sync, so one DDP rank can run it."""
+    import torch
+
+    from drn_lightning.metrics import PSNRY, SSIMY
+
     device = torch.device(device)
     results: dict[str, dict[str, Any]] = {}
-    for name, dataset in datasets.items():
-        psnr = PSNRY(scale, round_y=round_y, sync_on_compute=False).to(device)
-        ssim = SSIMY(scale, round_y=round_y, sync_on_compute=False).to(device)
-        for index in range(len(dataset)):  # type: ignore[arg-type]
-            sample = dataset[index]
-            hr = sample["hr"].unsqueeze(0).to(device)
-            sr = upscaler(sample["lr"][0].unsqueeze(0).to(device))
-            psnr.update(sr, hr)
-            ssim.update(sr, hr)
-        results[name] = {
-            "psnr": float(psnr.compute()),
-            "ssim": float(ssim.compute()),
-            "images": len(dataset),  # type: ignore[arg-type]
-            "degradation": getattr(dataset, "degradation", "bicubic"),  # how the LR was made
-        }
+    with torch.inference_mode():  # no autograd state: less memory on whole images
+        for name, dataset in datasets.items():
+            psnr = PSNRY(scale, round_y=round_y, sync_on_compute=False).to(device)
+            ssim = SSIMY(scale, round_y=round_y, sync_on_compute=False).to(device)
+            for index in range(len(dataset)):  # type: ignore[arg-type]
+                sample = dataset[index]
+                hr = sample["hr"].unsqueeze(0).to(device)
+                sr = upscaler(sample["lr"][0].unsqueeze(0).to(device))
+                psnr.update(sr, hr)
+                ssim.update(sr, hr)
+            results[name] = {
+                "psnr": float(psnr.compute()),
+                "ssim": float(ssim.compute()),
+                "images": len(dataset),  # type: ignore[arg-type]
+                "degradation": getattr(dataset, "degradation", "bicubic"),  # how the LR was made
+            }
     return results
 
 
 def final_evaluation(cfg: DictConfig, primal: nn.Module, val_datasets: Mapping[str, Dataset], out: Path) -> dict:
     """Score the trained primal next to bicubic on the validation and extra sets (CPU, this process); write `out`."""
+    import torch
+
+    from drn_lightning.data.datasets import BenchmarkDataset
+
     scale, round_y, root = int(cfg.scale), bool(cfg.round_y), Path(str(cfg.eval_sets_root))
     datasets = dict(val_datasets)
     for name in cfg.get("eval_extra_sets") or []:
@@ -101,6 +110,10 @@ def final_evaluation(cfg: DictConfig, primal: nn.Module, val_datasets: Mapping[s
 
 def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     """Evaluate the configured model (or bicubic) on the configured benchmark sets."""
+    from drn_lightning.data.datasets import BenchmarkDataset
+    from drn_lightning.inference import resolve_device
+    from drn_lightning.models import check_finite, load_weights
+
     scale, out, root = int(cfg.scale), str(cfg.results_json), Path(str(cfg.data.root))
     reason = f"{out} is a folder" if os.path.isdir(out) else unwritable_reason(os.path.dirname(out) or ".")
     if reason is not None:  # known now, not after the whole evaluation
