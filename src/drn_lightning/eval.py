@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
     from torch.utils.data import Dataset
 
-# torch, torchmetrics and the models (~7 s) are imported when scoring starts: `drn-eval` tab completion and `--cfg` stay fast.
+# torch, torchmetrics and the models (~7 s) are imported when scoring starts: tab completion and `--cfg` stay fast.
 Upscaler = Callable[["Tensor"], "Tensor"]
 
 

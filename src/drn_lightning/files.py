@@ -87,6 +87,11 @@ def is_remote(path: str | os.PathLike[str]) -> bool:
     return get_protocol(os.fspath(path)) not in ("file", "local")
 
 
+def default_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/drn_lightning` (else ~/.cache): derived data never goes beside the user's own files."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "drn_lightning"
+
+
 def write_json(data: Any, path: str | os.PathLike[str]) -> Path:
     """JSON with sorted keys and a final newline, written atomically."""
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"

@@ -25,7 +25,7 @@ from drn_lightning.data.io import ON_BAD_FILE_CHOICES, ImageReadError, list_imag
 from drn_lightning.data.prepare import progress
 from drn_lightning.data.pyramid import LRCache, chw, file_key, hwc, mod_crop, pyramid_factors, run_all
 from drn_lightning.data.samplers import SampleKey, split_key
-from drn_lightning.files import atomic_write
+from drn_lightning.files import atomic_write, default_cache_dir
 from drn_lightning.options import ExpectedError, OptionError, integer, one_of
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,7 @@ class _FolderDataset(Dataset[Sample]):
         self.on_bad_file = one_of(on_bad_file, "on_bad_file", ON_BAD_FILE_CHOICES)
         self.cache_in_memory = bool(cache_in_memory)  # decode every image at setup
         self.max_pixels = None if max_pixels is None else integer(max_pixels, "max_pixels", 1)
-        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "drn_lightning"
-        self.cache_dir = home if cache_dir is None else Path(cache_dir).expanduser()  # never beside the user's data
+        self.cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
         self.store = one_of(store, "store", STORES)
         self.lr_cache = LRCache(self.cache_dir / "lr_cache", self.scale, method)
         self.min_size, self.what = self.scale, ""

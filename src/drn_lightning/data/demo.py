@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from drn_lightning.data.io import read_image
-from drn_lightning.files import atomic_write
+from drn_lightning.files import atomic_write, default_cache_dir
 
 # Licences (skimage.data): astronaut, hubble_deep_field (NASA), rocket (SpaceX) public domain; chelsea, coffee, retina,
 # camera, brick, grass, gravel CC0; immunohistochemistry, coins no known copyright restrictions. Greyscale ones go RGB.
@@ -51,8 +51,7 @@ def load_demo_image(name: str) -> np.ndarray:
 
 def materialize_demo(folder: str | os.PathLike[str] | None = None) -> dict[str, Path]:
     """PNGs of the photos, a folder per split, complete ones kept (default root: $XDG_CACHE_HOME/drn_lightning/demo)."""
-    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "drn_lightning" / "demo"
-    root = home if folder is None else Path(folder).expanduser()
+    root = default_cache_dir() / "demo" if folder is None else Path(folder).expanduser()
     for split, names in DEMO_SPLITS.items():
         for name in names:
             target, source = root / split / f"{name}.png", demo_image_path(name)
