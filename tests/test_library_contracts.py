@@ -42,10 +42,11 @@ def test_checkpoint_io_remove_checkpoint_is_the_hook_model_checkpoint_deletes_th
     assert "checkpoint_io.remove_checkpoint" in inspect.getsource(Strategy.remove_checkpoint)
 
 
-def test_checkpoint_loop_progress_layout_and_callbacks_load_before_the_loops() -> None:
-    """`at_step_boundary` rewrites these counters, from a callback's `on_load_checkpoint` too, which must run before
-    Lightning restores the loops (test_resume_exact.py checks the resumed runs themselves)."""
+def test_checkpoint_loop_progress_layout_and_every_checkpoint_passes_the_checkpoint_io() -> None:
+    """`at_step_boundary` rewrites these counters in `AtomicCheckpointIO`, which every save and every resume goes
+    through, the resume before Lightning restores the loops (test_resume_exact.py checks the resumed runs themselves)."""
     import pytorch_lightning as pl
+    from pytorch_lightning.strategies import Strategy
     from pytorch_lightning.trainer.connectors.checkpoint_connector import _CheckpointConnector
 
     loop = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False).fit_loop.state_dict()
@@ -54,8 +55,9 @@ def test_checkpoint_loop_progress_layout_and_callbacks_load_before_the_loops() -
         assert set(loop[key]["total"]) == set(loop[key]["current"]) == counters, key
     assert "is_last_batch" in loop["epoch_loop.batch_progress"]
     assert "_batches_that_stepped" in loop["epoch_loop.state_dict"]
-    restore = inspect.getsource(_CheckpointConnector.restore)
-    assert restore.index("self.restore_callbacks()") < restore.index("self.restore_training_state()")
+    assert "strategy.load_checkpoint(" in inspect.getsource(_CheckpointConnector.resume_start)
+    assert "checkpoint_io.load_checkpoint(" in inspect.getsource(Strategy.load_checkpoint)
+    assert "checkpoint_io.save_checkpoint(" in inspect.getsource(Strategy.save_checkpoint)
     run = inspect.getsource(pl.Trainer._run)
     assert run.index("_restore_modules_and_callbacks") < run.index("restore_training_state()")
     assert "restore_loops()" in inspect.getsource(_CheckpointConnector.restore_training_state)

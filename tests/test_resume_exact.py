@@ -163,6 +163,28 @@ def test_two_stops_in_a_row_resume_exactly(tmp_path: Path, demo_cache: Path, ref
     assert_same_end(last(tmp_path), reference)
 
 
+# Lightning's own ModelCheckpoint in place of ours; its saves land on each epoch's last batch (steps 2, 4, 6)
+STOCK_CHECKPOINT = [
+    "~callbacks.model_checkpoint",
+    "~callbacks.last_checkpoint",
+    "~callbacks.preemption",
+    "+callbacks.stock={_target_: pytorch_lightning.callbacks.ModelCheckpoint, dirpath: '${paths.output_dir}/checkpoints',"
+    f" save_last: true, every_n_train_steps: {PER_EPOCH}}}",
+]
+
+
+def test_lightnings_own_checkpoint_callback_resumes_exactly_too(
+    tmp_path: Path, demo_cache: Path, reference: dict[str, Any]
+) -> None:
+    """Every save and resume passes AtomicCheckpointIO, which makes it a step-boundary state, whichever callback
+    saved it: a stock save at an epoch's last batch resumed with its epoch counters one behind."""
+    with pytest.raises(Killed):
+        fit(tmp_path, demo_cache, *STOCK_CHECKPOINT, callback=StopAt("train_batch", 2, 0))
+    assert last(tmp_path)["global_step"] == 2 * PER_EPOCH
+    fit(tmp_path, demo_cache, *STOCK_CHECKPOINT)
+    assert_same_end(last(tmp_path), reference)
+
+
 @pytest.mark.parametrize("first_steps", [5, 4], ids=["ends_mid_epoch", "ends_with_an_epoch"])
 def test_a_finished_run_continued_with_more_steps_matches_one_that_had_them_from_the_start(
     tmp_path: Path, demo_cache: Path, first_steps: int

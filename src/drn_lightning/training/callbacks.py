@@ -102,47 +102,7 @@ class ProgressBar(RichProgressBar):
         return metrics
 
 
-def _progress(count: int, completed: int | None = None) -> dict[str, int]:
-    done = count if completed is None else completed
-    return {"ready": count, "started": count, "processed": count, "completed": done}
-
-
-def at_step_boundary(checkpoint: dict[str, Any]) -> None:
-    """The checkpoint's fit-loop progress as mid-epoch after a batch, or between epochs: states Lightning 2.6 resumes
-    exactly (saved after an epoch's batches it resumes one epoch ahead under `max_steps`; docs/library_internals.md)."""
-    loop = checkpoint.get("loops", {}).get("fit_loop", {})
-    epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
-    if not (epochs and batches):
-        return
-    now, total = batches["current"], batches["total"]["processed"]
-    if now["processed"] and not batches["is_last_batch"]:  # mid-epoch (`max_steps` may have cut it short)
-        epoch, done = epochs["current"]["ready"] - 1, now["processed"]
-        stepped = loop.get("epoch_loop.state_dict", {})
-        if now["completed"] == done and "_batches_that_stepped" in stepped:  # counted after the batch's hooks
-            stepped["_batches_that_stepped"] -= 1
-        batches.update(total=_progress(total, total - 1), current=_progress(done, done - 1))
-        epoch_state = {"ready": epoch + 1, "started": epoch + 1, "processed": epoch, "completed": epoch}
-    else:  # the epoch's batches all trained (or none of the next epoch's yet)
-        epoch = epochs["current"]["ready"] if now["processed"] else epochs["current"]["processed"]
-        batches.update(total=_progress(total), current=_progress(0), is_last_batch=False)
-        if "epoch_loop.val_loop.batch_progress" in loop:
-            loop["epoch_loop.val_loop.batch_progress"]["total"] = _progress(0)  # as at an epoch's start
-        epoch_state = _progress(epoch)
-    epochs.update(total=dict(epoch_state), current=dict(epoch_state))
-    checkpoint["epoch"] = epoch_state["completed"]
-
-
-class StepBoundaryStates(pl.Callback):
-    """Every checkpoint saved or resumed is a state at a step boundary (`at_step_boundary`)."""
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
-        at_step_boundary(checkpoint)
-
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
-        at_step_boundary(checkpoint)  # also a file written before this fix; Lightning restores the loops after this
-
-
-class RunCheckpoint(StepBoundaryStates, ModelCheckpoint):
+class RunCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that forgets restored paths outside `dirpath` and writes `last` whenever a fit ends."""
 
     def __init__(self, *args: Any, save_on_train_end: bool = True, **kwargs: Any) -> None:
@@ -156,7 +116,6 @@ class RunCheckpoint(StepBoundaryStates, ModelCheckpoint):
             trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(trainer, pl_module, checkpoint)
         self.restored_from = trainer.ckpt_path  # the file whose state load_state_dict receives next, for its warning
 
     def _inside(self, path: Any) -> bool:
@@ -183,7 +142,7 @@ class RunCheckpoint(StepBoundaryStates, ModelCheckpoint):
         super().load_state_dict(state)
 
 
-class PreemptionCheckpoint(StepBoundaryStates, OnExceptionCheckpoint):
+class PreemptionCheckpoint(OnExceptionCheckpoint):
     """SIGTERM or `signals`: `last.ckpt` at the next step boundary, then the replaced handler (docs/reliability.md)."""
 
     def __init__(

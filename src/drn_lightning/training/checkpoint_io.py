@@ -43,6 +43,36 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+def _progress(count: int, completed: int | None = None) -> dict[str, int]:
+    done = count if completed is None else completed
+    return {"ready": count, "started": count, "processed": count, "completed": done}
+
+
+def at_step_boundary(checkpoint: dict[str, Any]) -> None:
+    """The checkpoint's fit-loop progress as mid-epoch after a batch, or between epochs: states Lightning 2.6 resumes
+    exactly (saved after an epoch's batches it resumes one epoch ahead under `max_steps`; docs/library_internals.md)."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
+    if not (epochs and batches):
+        return
+    now, total = batches["current"], batches["total"]["processed"]
+    if now["processed"] and not batches["is_last_batch"]:  # mid-epoch (`max_steps` may have cut it short)
+        epoch, done = epochs["current"]["ready"] - 1, now["processed"]
+        stepped = loop.get("epoch_loop.state_dict", {})
+        if now["completed"] == done and "_batches_that_stepped" in stepped:  # counted after the batch's hooks
+            stepped["_batches_that_stepped"] -= 1
+        batches.update(total=_progress(total, total - 1), current=_progress(done, done - 1))
+        epoch_state = {"ready": epoch + 1, "started": epoch + 1, "processed": epoch, "completed": epoch}
+    else:  # the epoch's batches all trained (or none of the next epoch's yet)
+        epoch = epochs["current"]["ready"] if now["processed"] else epochs["current"]["processed"]
+        batches.update(total=_progress(total), current=_progress(0), is_last_batch=False)
+        if "epoch_loop.val_loop.batch_progress" in loop:
+            loop["epoch_loop.val_loop.batch_progress"]["total"] = _progress(0)  # as at an epoch's start
+        epoch_state = _progress(epoch)
+    epochs.update(total=dict(epoch_state), current=dict(epoch_state))
+    checkpoint["epoch"] = epoch_state["completed"]
+
+
 WRITTEN_LIST = ".drn_checkpoints"  # per folder: the checkpoint files this run family wrote, the only ones it deletes
 
 
@@ -56,7 +86,8 @@ def _record(folder: Path, names: set[str]) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Whole-or-nothing writes with a digest, `weights_only` reads; ours without a digest need `allow_unverified`."""
+    """Whole-or-nothing writes with a digest, `weights_only` reads; ours without a digest need `allow_unverified`.
+    Every checkpoint written or read passes here once, so here it becomes a state at a step boundary."""
 
     def __init__(self, allow_unverified: bool = False) -> None:
         super().__init__()
@@ -67,6 +98,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        at_step_boundary(checkpoint)
         plain = with_digest(to_plain(checkpoint))  # checked when read back (safe_load)
         if is_remote(path):
             try:
@@ -120,4 +152,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             reason = "weights only, no training state to resume (a `drn-sr convert` or exported file?)"
             hint = f"to start from these weights use weights={path} instead"
             raise OptionError("ckpt_path", os.fspath(path), f"{reason}; {hint}")
+        at_step_boundary(checkpoint)  # also a file written before this rewrite existed
         return checkpoint
