@@ -116,6 +116,29 @@ def test_one_training_step_lowers_the_loss(tmp_path: Path, demo_cache: Path) -> 
     assert torch.isfinite(before) and after < before
 
 
+def test_model_summary_counts_the_flops_of_one_training_lr_patch(tmp_path: Path, demo_cache: Path) -> None:
+    """Lightning's summary (on by default) ran the primal on nothing and printed `Total FLOPs: 0`."""
+    from pytorch_lightning.utilities.model_summary import ModelSummary
+
+    cfg = compose_train([*TINY_TRAIN, "trainer.enable_model_summary=true"], tmp_path, demo_cache)
+    datamodule, module, trainer = prepare(cfg)
+    train(cfg, datamodule, module, trainer)
+    lr = int(cfg.data.patch_size) // int(cfg.scale)
+    assert tuple(module.example_input_array.shape) == (1, 3, lr, lr)
+    convs: list[int] = []  # 2 x multiply-adds of every convolution, counted by hand
+
+    def count(conv: torch.nn.Conv2d, args: tuple, out: torch.Tensor) -> None:
+        kh, kw = conv.kernel_size
+        convs.append(2 * out.numel() * conv.in_channels // conv.groups * kh * kw)
+
+    hooks = [m.register_forward_hook(count) for m in module.primal.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        module.primal(module.example_input_array)
+    for hook in hooks:
+        hook.remove()
+    assert ModelSummary(module).total_flops == sum(convs) > 0
+
+
 def test_dual_false_trains_without_duals(tmp_path: Path, demo_cache: Path) -> None:
     cfg = compose_train([*TINY_TRAIN, "model.dual=false"], tmp_path, demo_cache)
     datamodule, module, _ = prepare(cfg)

@@ -104,6 +104,7 @@ class SRDataModule(pl.LightningDataModule):
         if self.unpaired_ratio > 0 and unpaired is None:
             raise OptionError("unpaired_ratio", unpaired_ratio, "> 0 needs an unpaired dataset (unpaired: ...)")
         self.pin_memory, self.persistent_workers = bool(pin_memory), bool(persistent_workers)
+        self.patch_size = patch_size  # HR pixels; the datasets check it
         build = {"scale": scale, "patch_size": patch_size}  # what the factories (`_partial_: true`) are called with
         self.train_dataset = train(**build) if callable(train) else train
         self.unpaired_dataset: Dataset[Any] | None = None

@@ -117,7 +117,11 @@ class DRNLitModule(pl.LightningModule):
         rank_zero_info(f"initialised from {weights} ({describe(info)})")
 
     def setup(self, stage: str) -> None:
-        self.val_set_names = list(getattr(getattr(self.trainer, "datamodule", None), "val_set_names", None) or ["val"])
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self.val_set_names = list(getattr(datamodule, "val_set_names", None) or ["val"])
+        patch = getattr(datamodule, "patch_size", None)
+        if patch and not self.compile_model:  # the model summary's FLOPs for one LR patch (compiled: a 2nd compile)
+            self.example_input_array = torch.zeros(1, 3, patch // self.scale, patch // self.scale)
         args = self.scale, self.round_y
         self.val_metrics = nn.ModuleList(
             nn.ModuleList([PSNRY(*args), SSIMY(*args), PSNRY(*args)]) for _ in self.val_set_names
