@@ -91,7 +91,7 @@ def test_tags_reach_the_wandb_logger_and_the_optuna_search_composes(tmp_path: Pa
 
 @pytest.mark.slow
 def test_eval_script_completion_noise_train_log_and_an_optuna_sweep(tmp_path: Path) -> None:
-    tiny = [o for o in TINY_TRAIN if o != "trainer.enable_progress_bar=false"]
+    tiny = [o for o in TINY_TRAIN if o not in ("trainer.enable_progress_bar=false", "test_after_fit=false")]
     assert _script("drn-eval", "--cfg", "job", cwd=tmp_path).stdout.startswith("paths:")
     done = _script("drn-eval", "data.set=[Set5]", cwd=tmp_path)
     assert done.returncode == 2 and "did you mean data.sets" in done.stderr and len(done.stderr.splitlines()) == 1
@@ -108,6 +108,8 @@ def test_eval_script_completion_noise_train_log_and_an_optuna_sweep(tmp_path: Pa
         assert noise not in output, noise
     log = (tmp_path / "run" / "train.log").read_text()
     assert "GPU available" in log and "trained 2 steps" in log  # Lightning's messages and ours
+    title = "drn_tiny x4 vs bicubic (PSNR/SSIM on Y, 4px shaved)"  # the final evaluation's table: once on the console
+    assert log.count(title) == output.count(title) == 1 and "final evaluation, also in" not in output
     assert (tmp_path / "run" / "config_tree.log").read_text().startswith("config")
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = [*tiny, "hparams_search=drn_optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1"]

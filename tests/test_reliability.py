@@ -391,7 +391,7 @@ def test_preemption_signal_saves_a_checkpoint_at_the_current_step_and_the_same_c
     )
     line = f"error: stopped by {signum.name} (preemption); resume with ckpt_path=last hydra.run.dir={run_dir}"
     assert error_lines(stderr) == [line]  # SIGUSR1/SIGUSR2 said SIGTERM before
-    assert f"[drn_lightning][ERROR] - {line}" in (run_dir / "train.log").read_text()
+    assert f"[drn_lightning.training.run][ERROR] - {line}" in (run_dir / "train.log").read_text()
     saved = load(run_dir / "checkpoints" / "last.ckpt")
     assert saved["global_step"] == step
 
@@ -938,4 +938,4 @@ def test_an_error_line_is_also_written_to_the_run_log(tmp_path: Path, capsys: py
         handler.close()
     line = "error: data.patch_size=30: must be a positive multiple of scale=4"
     assert stop.value.code == 2 and capsys.readouterr().err.splitlines() == [line]
-    assert (tmp_path / "train.log").read_text().splitlines() == [f"[drn_lightning][ERROR] - {line}"]
+    assert (tmp_path / "train.log").read_text().splitlines() == [f"[drn_lightning.training.run][ERROR] - {line}"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -12,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from drn_lightning.files import claim_output, write_json
-from drn_lightning.report import print_table
+from drn_lightning.report import FILE_ONLY, print_table
 from drn_lightning.training.config import as_typed, entry_point, unwritable_reason
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
 # torch, torchmetrics and the models (~7 s) are imported when scoring starts: tab completion and `--cfg` stay fast.
+log = logging.getLogger(__name__)
 Upscaler = Callable[["Tensor"], "Tensor"]
 
 
@@ -104,7 +106,8 @@ def final_evaluation(cfg: DictConfig, primal: nn.Module, val_datasets: Mapping[s
         psnr, base_psnr = row["model"]["psnr"], row["bicubic"]["psnr"]
         ssims = f"{row['bicubic']['ssim']:.4f}", f"{row['model']['ssim']:.4f}"
         rows.append((name, str(row["images"]), f"{base_psnr:.2f}", f"{psnr:.2f}", f"{psnr - base_psnr:+.2f}", *ssims))
-    print_table(f"{cfg.model.name} x{scale} vs bicubic (PSNR/SSIM on Y, {scale}px shaved)", columns, rows)
+    table = print_table(f"{cfg.model.name} x{scale} vs bicubic (PSNR/SSIM on Y, {scale}px shaved)", columns, rows)
+    log.info("final evaluation, also in %s:\n%s", out, table.rstrip(), extra=FILE_ONLY)  # into <run>/train.log
     return report
 
 

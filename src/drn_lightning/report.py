@@ -19,18 +19,22 @@ from rich.table import Column, Table
 from drn_lightning.files import atomic_write, claim_output, write_json
 
 DEFAULT_X = "data.unpaired_ratio"
+FILE_ONLY = {"file_only": True}  # `extra` of a log record for the run's log file: the console showed it another way
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], width: int | None = None) -> None:
-    """One row per set or sweep value, as papers print them; the `set` column left-aligned, numbers right."""
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], width: int | None = None) -> str:
+    """One row per set or sweep value, as papers print them (`set` left-aligned, numbers right); returns it as text."""
     table = Table(*(Column(c, justify="left" if c == "set" else "right") for c in columns), title=title)
     for row in rows:
         table.add_row(*row)
     Console(width=width).print(table)
+    text = Console(file=io.StringIO(), width=width or 120, color_system=None)
+    text.print(table)
+    return text.file.getvalue()  # type: ignore[attr-defined]
 
 
 def collect_runs(

@@ -31,6 +31,7 @@ from rich.tree import Tree
 
 from drn_lightning.files import atomic_write
 from drn_lightning.options import ExpectedError, OptionError
+from drn_lightning.report import FILE_ONLY
 from drn_lightning.training.callbacks import checkpoint_folder
 from drn_lightning.training.config import as_typed
 
@@ -163,12 +164,19 @@ def _drop_noise(record: logging.LogRecord) -> bool:
     return not any(text in str(record.msg) for text in NOISE_LOGS)
 
 
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
+
+
 def setup_logging(cfg: DictConfig) -> None:
     """Lightning's messages into Hydra's handlers (console and `<run>/<task>.log`); known noise filtered."""
     for name in ("pytorch_lightning", "lightning_fabric", "lightning"):
         logger = logging.getLogger(name)
         logger.handlers.clear()  # its own StreamHandler, not propagating: nothing reached the run's log file
         logger.propagate = True
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, logging.FileHandler):  # a console: FILE_ONLY records were shown another way
+            handler.addFilter(_not_file_only)
     if cfg.get("extras", {}).get("ignore_warnings", True):
         for pattern in NOISE_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
@@ -201,9 +209,6 @@ def run_guard(cfg: DictConfig) -> Iterator[None]:
             yield
     except (ExpectedError, SIGTERMException) as err:
         message, status = failure_message(as_typed(cfg, err), run_dir)
-        fields = {"name": "drn_lightning", "levelno": logging.ERROR, "levelname": "ERROR", "msg": f"error: {message}"}
-        for handler in logging.getLogger().handlers:  # into the run's log file too, not a second console line
-            if isinstance(handler, logging.FileHandler):
-                handler.handle(logging.makeLogRecord(fields))
+        log.error("error: %s", message, extra=FILE_ONLY)  # into the run's log file; stderr gets the plain line
         print(f"error: {message}", file=sys.stderr)
         sys.exit(status)
