@@ -22,16 +22,11 @@ from drn_lightning.export import export_model
 from drn_lightning.files import OutputExistsError, atomic_write, claim_output, file_id
 from drn_lightning.inference import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_PASSES, PRECISIONS, load_upscaler
 from drn_lightning.models import SUPPORTED_SCALES, describe, load_weights, official_to_checkpoint, save_official
+from drn_lightning.options import first_line
 
 OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}
 _SAVE_OPTIONS: dict[str, dict[str, Any]] = {"jpg": {"quality": 95}, "webp": {"lossless": True}}
 _MAX_PIXELS_HINT = "; raise the limit with --max-pixels N if the file is trusted"
-
-
-def _one_line(err: BaseException) -> str:
-    """First line of an exception message (our errors already name the file), or its type when it has none."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -127,9 +122,9 @@ def _upscale_all(upscaler: Any, todo: Sequence[tuple[Path, Path]], args: argpars
                     print(f"warning: {note}", file=sys.stderr)
             except (ImageReadError, OSError) as err:
                 bomb = isinstance(err.__cause__, Image.DecompressionBombError | Image.DecompressionBombWarning)
-                failures.append((path, _one_line(err) + (_MAX_PIXELS_HINT if bomb else "")))
+                failures.append((path, first_line(err) + (_MAX_PIXELS_HINT if bomb else "")))
             except (RuntimeError, MemoryError) as err:  # out of memory and similar, per image
-                failures.append((path, f"{type(err).__name__}: {_one_line(err)}{_memory_hint(err, args.tile)}"))
+                failures.append((path, f"{type(err).__name__}: {first_line(err)}{_memory_hint(err, args.tile)}"))
             advance(1)
     return [m if str(p) in m else f"{p}: {m}" for p, m in failures]
 
@@ -293,9 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("DRN_SR_DEBUG"):
             raise
         if isinstance(err, (ValueError, OSError, RuntimeError, ImportError, MemoryError)):  # these name the file
-            sys.stderr.write(f"error: {_one_line(err)}\n")
+            sys.stderr.write(f"error: {first_line(err)}\n")
         else:
-            sys.stderr.write(f"error: {type(err).__name__}: {_one_line(err)} (set DRN_SR_DEBUG=1 for a traceback)\n")
+            sys.stderr.write(f"error: {type(err).__name__}: {first_line(err)} (set DRN_SR_DEBUG=1 for a traceback)\n")
         return EXIT_FAILED
 
 

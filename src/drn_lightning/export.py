@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from drn_lightning.options import first_line
+
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript")
 DEFAULT_TOLERANCE = 1e-4  # max |exported - eager| on a 0-1 intensity scale: 0.0255 gray levels of 255
 _EXAMPLE = (1, 24, 20)  # (N, H, W) of the trace
@@ -133,8 +135,7 @@ def export_model(
     try:
         run = _export_onnx(wrapper, path, opset) if format == "onnx" else _export_torchscript(wrapper, path)
     except (OSError, RuntimeError, ValueError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportError(f"{path}: {format} export failed ({type(err).__name__}: {first[:300]})") from err
+        raise ExportError(f"{path}: {format} export failed ({type(err).__name__}: {first_line(err)[:300]})") from err
     diffs = verify_export(wrapper, run) if verify and run is not None else {}
     bad = {size: d for size, d in diffs.items() if not d <= tolerance}
     if bad:

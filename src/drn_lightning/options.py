@@ -31,6 +31,12 @@ class OptionError(ExpectedError, ValueError):
         return f"{self.key}={shown}: {self.reason}"
 
 
+def first_line(err: BaseException) -> str:
+    """An error's first message line (ours name the file or option), or its type when it has no message."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def integer(value: object, name: str, minimum: int = 0) -> int:
     """An integer (not a bool, not a float) at or above `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:

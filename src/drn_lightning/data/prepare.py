@@ -27,6 +27,7 @@ from PIL import Image
 
 from drn_lightning.data.io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image, read_image_size
 from drn_lightning.files import atomic_write, write_json
+from drn_lightning.options import first_line
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # failed: network, digest, disk; usage: bad arguments or invalid data
 CHUNK = 1 << 20  # download and hashing block size
@@ -289,7 +290,7 @@ def _run(fn: Callable[..., Any], jobs: Sequence[tuple[Any, ...]], workers: int, 
             try:
                 results[i] = result()
             except (ImageReadError, OSError, ValueError) as exc:  # DataCommandError (a full disk) stops the run
-                failures.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                failures.append(first_line(exc))
             advance(1)
         if failures:
             raise DataCommandError(f"{what}: {len(failures)} of {len(jobs)} images failed; first: {failures[0]}")
@@ -356,13 +357,13 @@ def _check_one(image: Path, lr_files: dict[int, Path]) -> list[str]:
     try:
         h, w = read_image(image).shape[:2]
     except (ImageReadError, OSError) as exc:
-        return [str(exc).splitlines()[0]]
+        return [first_line(exc)]
     problems = []
     for s, lr in lr_files.items():
         try:
             lh, lw = read_image(lr).shape[:2] if lr.is_file() else (-1, -1)
         except (ImageReadError, OSError) as exc:
-            problems.append(str(exc).splitlines()[0])
+            problems.append(first_line(exc))
             continue
         if lh < 0:
             problems.append(f"{image}: its x{s} LR file {lr} is missing")

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from drn_lightning.files import is_remote
-from drn_lightning.options import OptionError
+from drn_lightning.options import OptionError, first_line
 
 
 def leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any, DictConfig | None]]:
@@ -143,5 +143,5 @@ def entry_point(task: Callable[[], Any], config_name: str) -> None:
         key = str(getattr(err.__cause__, "full_key", "") or "")  # a mistyped key; else bad syntax and the like
         close = _closest_keys(config_name, key, sys.argv[1:]) if key else []
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        print(f"error: {f'{key}: no such option{hint}' if key else str(err).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {f'{key}: no such option{hint}' if key else first_line(err)}", file=sys.stderr)
         sys.exit(2)
