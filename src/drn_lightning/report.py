@@ -32,9 +32,9 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]
     for row in rows:
         table.add_row(*row)
     Console(width=width).print(table)
-    text = Console(file=io.StringIO(), width=width or 120, color_system=None)
-    text.print(table)
-    return text.file.getvalue()  # type: ignore[attr-defined]
+    text = io.StringIO()
+    Console(file=text, width=width or 120, color_system=None).print(table)
+    return text.getvalue()
 
 
 def collect_runs(
