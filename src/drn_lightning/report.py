@@ -26,15 +26,20 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def print_rich(renderable: Any, width: int | None = None) -> str:
+    """Print a rich table or tree to the console; returns it as plain text (120 columns unless `width`) for a file."""
+    Console(width=width).print(renderable)
+    text = io.StringIO()
+    Console(file=text, width=width or 120, color_system=None).print(renderable)
+    return text.getvalue()
+
+
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], width: int | None = None) -> str:
     """One row per set or sweep value, as papers print them (`set` left-aligned, numbers right); returns it as text."""
     table = Table(*(Column(c, justify="left" if c == "set" else "right") for c in columns), title=title)
     for row in rows:
         table.add_row(*row)
-    Console(width=width).print(table)
-    text = io.StringIO()
-    Console(file=text, width=width or 120, color_system=None).print(table)
-    return text.getvalue()
+    return print_rich(table, width)
 
 
 def collect_runs(

@@ -25,13 +25,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
-from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
 
 from drn_lightning.files import atomic_write
 from drn_lightning.options import ExpectedError, OptionError
-from drn_lightning.report import FILE_ONLY
+from drn_lightning.report import FILE_ONLY, print_rich
 from drn_lightning.training.callbacks import checkpoint_folder
 from drn_lightning.training.config import as_typed
 
@@ -191,9 +190,7 @@ def print_config_tree(cfg: DictConfig, save_to: Path) -> None:
         value = cfg[key] if key != "hydra" else None
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
         tree.add(str(key)).add(Syntax(text, "yaml", theme="ansi_dark"))
-    Console().print(tree)
-    with open(save_to, "w") as handle:
-        Console(file=handle, width=120, color_system=None).print(tree)
+    save_to.write_text(print_rich(tree))
 
 
 @contextlib.contextmanager
